@@ -1,0 +1,294 @@
+"""The command line: click commands over :mod:`imgsync.runner`; the one place with click and tqdm."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import ImgsyncError, Interrupted, StateError
+from .redact import RedactingFilter, redact
+from .runner import Progress, Request, run_sync
+from .store import Store
+from .sync import Plan, Summary
+
+log = logging.getLogger("imgsync")
+
+
+class _TqdmProgress(Progress):
+    def __init__(self, enabled: bool) -> None:
+        self.bar: Any = None
+        self.enabled = enabled
+
+    def total(self, n: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n, unit="img", file=sys.stderr, dynamic_ncols=True, desc="imgsync")
+
+    def advance(self, action: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(action, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Log lines that do not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int, quiet: bool, progress: bool = False) -> None:
+    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    handler: logging.Handler = _TqdmHandler() if progress else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("imgsync: %(levelname)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party chatter (urllib3 URLs carry secrets; redaction covers them, but they are noise).
+    for name in ("urllib3", "botocore", "boto3", "s3transfer"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def _fail(exc: ImgsyncError) -> None:
+    click.echo(f"imgsync: error: {redact(exc.message)}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@contextmanager
+def _handle_errors() -> Iterator[None]:
+    """Our errors become a message and their exit code; others are redacted (or re-raised for tests)."""
+    try:
+        yield
+    except ImgsyncError as exc:
+        _fail(exc)
+    except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get("IMGSYNC_DEBUG"):
+            raise
+        click.echo(redact("".join(traceback.format_exception(exc))), err=True)
+        click.echo(f"imgsync: internal error: {redact(repr(exc))}", err=True)
+        sys.exit(1)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[tuple[threading.Event, list[int]]]:
+    """SIGINT and SIGTERM ask the run to stop; a second one stops it at once."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop, received
+        return
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop, received
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    return load_settings(ctx.obj["config"], env=os.environ, overrides=overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: $IMGSYNC_CONFIG, else ./imgsync.toml if present).")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.version_option(__version__, prog_name="imgsync")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) -> None:
+    """Back up the product images of a Bitrix24 catalog, skipping what has not changed."""
+    if verbose and quiet:
+        raise click.UsageError("-v and -q cannot be used together")
+    ctx.obj = {"config": config_path, "verbose": verbose, "quiet": quiet}
+    _setup_logging(verbose, quiet)
+
+
+@cli.command()
+@click.argument("pairs", nargs=-1, metavar="[PRODUCT_ID:IMAGE_ID]...")
+@click.option("--csv", "csv_paths", multiple=True, metavar="PATH",
+              help="CSV of product/image ids (repeatable; - reads stdin).")
+@click.option("--product", "products", multiple=True, type=click.IntRange(min=1), metavar="ID",
+              help="Every image of this product (repeatable).")
+@click.option("--webhook", default=None, metavar="URL", help="Incoming webhook URL (https://portal/rest/1/code/).")
+@click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the files go to.")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
+@click.option("--s3/--no-s3", "s3", default=None, help="Upload to S3 (overrides s3.enabled).")
+@click.option("--s3-bucket", default=None)
+@click.option("--s3-prefix", default=None)
+@click.option("--s3-endpoint-url", default=None, help="For MinIO, Ceph, R2, ...")
+@click.option("--force", is_flag=True, help="Download and upload even if unchanged.")
+@click.option("--dry-run", is_flag=True, help="Fetch metadata, print what would be done and why, change nothing.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Parallel downloads (default 4).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout at the end.")
+@click.pass_context
+def sync(ctx: click.Context, pairs: tuple[str, ...], csv_paths: tuple[str, ...], products: tuple[int, ...],
+         webhook: str | None, dest: str | None, db: str | None, s3: bool | None, s3_bucket: str | None,
+         s3_prefix: str | None, s3_endpoint_url: str | None, force: bool, dry_run: bool, workers: int | None,
+         progress: bool | None, as_json: bool) -> None:
+    """Fetch metadata, download new or changed images, record them, optionally upload to S3."""
+    if not (pairs or csv_paths or products):
+        raise click.UsageError("nothing to sync: give PRODUCT_ID:IMAGE_ID pairs, --csv PATH or --product ID")
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    show_bar = show_bar and not dry_run and not ctx.obj["quiet"]
+    _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"], progress=show_bar)
+    bar = _TqdmProgress(show_bar)
+    summary: Summary | None = None
+    with _handle_errors():
+        settings = _settings(ctx, webhook_url=webhook, dest=dest, db=db, s3_enabled=s3, s3_bucket=s3_bucket,
+                             s3_prefix=s3_prefix, s3_endpoint_url=s3_endpoint_url, workers=workers)
+        request = Request(pairs=pairs, csv_paths=csv_paths, products=products, force=force, dry_run=dry_run,
+                          stdin=sys.stdin.buffer)
+        on_plan = _plan_printer() if dry_run and not as_json else None
+        with _stop_on_signals() as (stop, received):
+            try:
+                summary = run_sync(settings, request, progress=bar, on_plan=on_plan, stop=stop)
+            except Interrupted as exc:
+                summary = getattr(exc, "summary", None)
+                code = 128 + received[0] if received else exc.exit_code
+                _finish(summary, as_json, dry_run, ctx.obj["quiet"], bar, error=exc.message, code=code)
+                click.echo(f"imgsync: stopped: {exc.message}; what finished is recorded, run again to continue",
+                           err=True)
+                sys.exit(code)
+            except ImgsyncError as exc:
+                bar.close()
+                partial = getattr(exc, "summary", None)
+                if as_json and partial is not None:
+                    _emit_json(partial, error=exc.message, code=exc.exit_code)
+                raise
+        _finish(summary, as_json, dry_run, ctx.obj["quiet"], bar)
+        sys.exit(summary.exit_code)
+
+
+def _plan_printer() -> Callable[[Plan], None]:
+    def show(plan: Plan) -> None:
+        name = plan.image.name if plan.image else (plan.row or {}).get("name") or ""
+        click.echo(f"{plan.action:<9} {str(plan.ref):<15} {plan.reason}" + (f"  [{name}]" if name else ""))
+
+    return show
+
+
+def _emit_json(summary: Summary, *, error: str | None = None, code: int | None = None) -> None:
+    data = summary.as_json()
+    if error:
+        data["error"] = redact(error)
+    if code is not None:
+        data["exit_code"] = code
+    click.echo(json.dumps(data))
+
+
+def _finish(summary: Summary | None, as_json: bool, dry_run: bool, quiet: bool, bar: _TqdmProgress, *,
+            error: str | None = None, code: int | None = None) -> None:
+    bar.close()
+    if summary is None:
+        return
+    if as_json:
+        data = summary.as_json()
+        if dry_run:
+            data["dry_run"] = True
+        if error:
+            data["error"] = redact(error)
+        click.echo(json.dumps(data))
+        return
+    if quiet:
+        return
+    verb = "would download" if dry_run else "downloaded"
+    click.echo(
+        f"{summary.requested} requested: {verb} {summary.downloaded}, unchanged {summary.unchanged}, "
+        f"uploaded {summary.uploaded}, missing {summary.missing}, failed {summary.failed} "
+        f"in {summary.duration_s:.1f} s" + (f" (run {summary.run_id})" if summary.run_id else ""),
+        err=True,
+    )
+    for line in summary.failures[:10]:
+        click.echo(f"  failed {redact(line)}", err=True)
+
+
+@cli.command()
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--runs", "n_runs", type=click.IntRange(1, 1000), default=5, help="How many recent runs to show.")
+@click.pass_context
+def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> None:
+    """Summarise the state database: counts by status, the last runs."""
+    with _handle_errors():
+        settings = _settings(ctx, db=db)
+        if not settings.db.exists():
+            raise StateError(f"{settings.db}: no state database yet (run 'imgsync sync' first)")
+        with Store(settings.db, create=False) as store:
+            counts = store.counts_by_status()
+            runs = store.last_runs(n_runs)
+            totals = next(iter(store.db.query(
+                "select count(*) as images, coalesce(sum(size), 0) as bytes from images where status = 'ok'")))
+        if as_json:
+            click.echo(json.dumps({"db": str(settings.db), "images": counts, "total": sum(counts.values()),
+                                   "bytes_ok": totals["bytes"], "runs": runs}))
+            return
+        click.echo(f"database: {settings.db}")
+        click.echo(f"images:   {sum(counts.values())} ({totals['bytes']} bytes backed up)")
+        for name, n in counts.items():
+            click.echo(f"  {name:<8} {n}")
+        if runs:
+            click.echo("last runs:")
+            for run in runs:
+                click.echo(
+                    f"  #{run['id']:<5} {run['started_at']}  exit {run['exit_code'] if run['exit_code'] is not None else '-'}"
+                    f"  requested {run['requested'] or 0}, downloaded {run['downloaded'] or 0}, "
+                    f"unchanged {run['unchanged'] or 0}, uploaded {run['uploaded'] or 0}, "
+                    f"missing {run['missing'] or 0}, failed {run['failed'] or 0}"
+                    + (f"  ({run['error']})" if run.get("error") else "")
+                )
+
+
+@cli.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False), default="imgsync-demo", show_default=True,
+              help="Where the demo's files and database go.")
+@click.option("--products", type=click.IntRange(1, 1000), default=8, show_default=True)
+@click.option("--s3", "with_s3", is_flag=True, help="Also upload to a local S3 server (needs moto[server]).")
+@click.pass_context
+def demo(ctx: click.Context, folder: str, products: int, with_s3: bool) -> None:
+    """A complete sync against the built-in demo portal, twice: the second run downloads nothing."""
+    from .demo import run_demo
+
+    with _handle_errors():
+        run_demo(Path(folder), products=products, with_s3=with_s3, echo=click.echo)
+
+
+def main() -> None:
+    cli(prog_name="imgsync")

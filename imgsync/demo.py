@@ -1,0 +1,87 @@
+"""``imgsync demo``: a complete sync against the built-in demo portal, offline, twice.
+
+The demo portal is the project's emulator (:mod:`imgsync.emulator`) with a small catalog of real PNG
+pictures, on 127.0.0.1. The first run downloads every image; the second downloads nothing, because
+nothing changed; the folder then holds the files and the database to look at.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Settings
+from .emulator import CatalogImage, Portal
+from .runner import Request, run_sync
+from .sync import Summary
+
+
+def png(width: int, height: int, seed: int) -> bytes:
+    """A small RGB PNG: a gradient whose colours depend on ``seed`` (stdlib only)."""
+    r0, g0, b0 = (seed * 67) % 256, (seed * 131) % 256, (seed * 199) % 256
+    rows = bytearray()
+    for y in range(height):
+        rows.append(0)  # filter: none
+        for x in range(width):
+            rows += bytes(((r0 + x * 2) % 256, (g0 + y * 2) % 256, (b0 + (x + y)) % 256))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(rows), 6)) + \
+        chunk(b"IEND", b"")
+
+
+def demo_catalog(products: int = 8, images_per_product: int = 3) -> list[CatalogImage]:
+    """Pictures for the demo portal: product ids from 101, image ids from 1001."""
+    out = []
+    image_id = 1000
+    for p in range(products):
+        for n in range(images_per_product):
+            image_id += 1
+            kind = "DETAIL_PICTURE" if n == 0 else "MORE_PHOTO"
+            out.append(CatalogImage(product_id=101 + p, image_id=image_id, name=f"product-{101 + p}-{n + 1}.png",
+                                    type=kind, content=png(96, 64, image_id)))
+    return out
+
+
+def _line(summary: Summary) -> str:
+    return (f"requested {summary.requested}, downloaded {summary.downloaded}, unchanged {summary.unchanged}, "
+            f"uploaded {summary.uploaded}, missing {summary.missing}, failed {summary.failed} "
+            f"in {summary.duration_s:.2f} s")
+
+
+def run_demo(folder: Path, *, products: int = 8, with_s3: bool = False,
+             echo: Callable[[str], None] = print) -> tuple[Summary, Summary]:
+    """Run the demo into ``folder``; return the two summaries."""
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    catalog = demo_catalog(products)
+    pairs = [f"{img.product_id}:{img.image_id}" for img in catalog]
+    s3_server = None
+    with Portal(catalog, rate_limit=50.0, burst=100) as portal:
+        settings = Settings(webhook_url=portal.webhook_url, dest=folder / "images", db=folder / "imgsync.db")
+        if with_s3:
+            from .s3 import LocalS3Server
+
+            s3_server = LocalS3Server().start()
+            settings = s3_server.settings_for(settings, bucket="imgsync-demo")
+        try:
+            echo(f"demo portal: {portal.url} ({len(catalog)} images in {products} products)")
+            first = run_sync(settings, Request(pairs=pairs))
+            echo(f"first run:  {_line(first)}")
+            second = run_sync(settings, Request(pairs=pairs))
+            echo(f"second run: {_line(second)}")
+            echo(f"portal requests: {portal.stats.requests} in all, "
+                 f"{portal.stats.by_method.get('batch', 0)} batch calls, {portal.stats.downloads_served} downloads")
+        finally:
+            if s3_server is not None:
+                s3_server.stop()
+    echo(f"files:    {settings.dest}")
+    echo(f"database: {settings.db}   (try: imgsync status --db {settings.db})")
+    if with_s3:
+        echo(f"S3:       bucket {settings.s3_bucket} on a local server (stopped now)")
+    return first, second

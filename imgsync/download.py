@@ -1,0 +1,163 @@
+"""One verified file write: stream, hash, size check, temporary file, fsync, rename. And safe names.
+
+Nothing here talks HTTP: :func:`save_stream` takes any iterable of byte chunks, so a test can feed it
+whatever it likes, and :mod:`imgsync.sync` joins it to the portal client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import DownloadFailed, LocalStorageError, TransientError
+from .models import ImageRef
+
+MAX_NAME_BYTES = 150
+TEMP_SUFFIX = ".part"
+_RESERVED = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+# Errors that mean no later write to dest can succeed either: the run stops instead of failing every image.
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def safe_name(name: str) -> str:
+    """The portal's file name made safe for any file system: see the contract's "What lands where".
+
+    Path separators, ``..``, control and reserved characters are removed, Windows device names
+    defused, the result cut to 150 bytes of UTF-8 (keeping the extension when it can) and ``image``
+    when nothing is left.
+    """
+    text = unicodedata.normalize("NFC", name)
+    text = _RESERVED.sub("", text)
+    while ".." in text:
+        text = text.replace("..", ".")
+    text = text.strip(" .")
+    stem, dot, ext = text.rpartition(".")
+    if not dot:
+        stem, ext = text, ""
+    if stem.upper() in _WINDOWS_DEVICES or text.upper() in _WINDOWS_DEVICES:
+        text = "_" + text
+    text = _cut_utf8(text, MAX_NAME_BYTES, ext)
+    return text or "image"
+
+
+def _cut_utf8(text: str, limit: int, ext: str) -> str:
+    if len(text.encode()) <= limit:
+        return text
+    suffix = f".{ext}" if ext and len(ext.encode()) <= 16 else ""
+    room = limit - len(suffix.encode())
+    stem = text[: -len(suffix)] if suffix else text
+    cut = stem.encode()[:room].decode("utf-8", errors="ignore").rstrip(" .")
+    return cut + suffix
+
+
+def relative_path(ref: ImageRef, name: str) -> str:
+    """Where an image lands under dest: ``<product_id>/<image_id>-<safe name>``."""
+    return f"{ref.product_id}/{ref.image_id}-{safe_name(name)}"
+
+
+def resolve_inside(dest: Path, relative: str) -> Path:
+    """``dest / relative``, refusing anything that would land outside ``dest`` (defence in depth)."""
+    root = dest.resolve()
+    target = (root / relative).resolve()
+    if target == root or root not in target.parents:
+        raise DownloadFailed(f"refusing to write outside the destination folder: {relative!r}")
+    return target
+
+
+def save_stream(
+    chunks: Iterable[bytes],
+    target: Path,
+    *,
+    expected_size: int | None,
+) -> tuple[int, str]:
+    """Write ``chunks`` to ``target`` atomically; return (size, sha256 hex).
+
+    The bytes go to a temporary file beside the target, are checked (non-empty, and the size the
+    server announced), fsynced and renamed into place; the folder is fsynced too. On any failure the
+    temporary file is removed and nothing appears under the final name. A short body raises
+    :class:`TransientError` (worth a retry); a full or read-only disk raises :class:`LocalStorageError`.
+    """
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise _storage_error(exc, folder) from None
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                if chunk:
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            if expected_size is not None and size != expected_size:
+                raise TransientError(f"download truncated: got {size} of {expected_size} bytes", code="TRUNCATED")
+            if size == 0:
+                raise TransientError("download was empty", code="EMPTY")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        _remove(tmp)
+        raise _storage_error(exc, target) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    fsync_dir(folder)
+    return size, digest.hexdigest()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _storage_error(exc: OSError, path: Path) -> Exception:
+    reason = exc.strerror or str(exc)
+    if exc.errno in _FATAL_ERRNOS:
+        return LocalStorageError(f"cannot write {path}: {reason}")
+    return DownloadFailed(f"cannot write {path}: {reason}")
+
+
+def file_matches(path: Path, size: int | None) -> bool:
+    """The cheap presence check of the skip rule: the file is there with the recorded size."""
+    try:
+        return size is not None and path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def hash_file(path: Path, chunk_size: int = 1024 * 1024) -> tuple[int, str]:
+    """(size, sha256) of a file on disk, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

@@ -1,0 +1,56 @@
+"""Small value types shared by every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    """One product image, as the user names it: ``PRODUCT_ID:IMAGE_ID``."""
+
+    product_id: int
+    image_id: int
+
+    def __str__(self) -> str:
+        return f"{self.product_id}:{self.image_id}"
+
+
+@dataclass(frozen=True)
+class PortalImage:
+    """What ``catalog.productImage.get`` says about one image.
+
+    ``download_url`` is a secret (it carries a credential) and differs on every call: it is kept out of
+    ``repr`` and is never used to decide anything.
+    """
+
+    product_id: int
+    image_id: int
+    name: str
+    type: str
+    create_time: str
+    detail_url: str
+    download_url: str = field(repr=False, compare=False)
+
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(self.product_id, self.image_id)
+
+    def fingerprint(self) -> tuple[str, str, str, str]:
+        """The fields that decide whether an image changed (the contract's skip rule)."""
+        return (self.name, self.type, self.create_time, self.detail_url)
+
+    @classmethod
+    def from_api(cls, data: dict, ref: ImageRef | None = None) -> PortalImage:
+        """Build from a ``productImage`` object; ``ref`` fills ids the portal left out."""
+        product_id = int(data.get("productId") or (ref.product_id if ref else 0))
+        image_id = int(data.get("id") or (ref.image_id if ref else 0))
+        return cls(
+            product_id=product_id,
+            image_id=image_id,
+            name=str(data.get("name") or ""),
+            type=str(data.get("type") or ""),
+            create_time=str(data.get("createTime") or ""),
+            detail_url=str(data.get("detailUrl") or ""),
+            download_url=str(data.get("downloadUrl") or ""),
+        )

@@ -1,0 +1,153 @@
+"""``imgsync sync`` as one Python call: settings in, summary out.
+
+:func:`run_sync` validates every input before the first request, takes the database's lock, builds
+the client (webhook or OAuth, with renewed tokens from the database), the store and the optional S3
+uploader, expands ``--product`` through ``catalog.productImage.list`` and runs the :class:`Syncer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import BinaryIO, TextIO
+
+from .bitrix import BATCH_SIZE, Auth, Client, OAuth, WebhookAuth
+from .config import Settings, validate_for_sync
+from .errors import ConfigError, ImageError
+from .inputs import PairSet, collect_inputs
+from .models import ImageRef
+from .store import Store, run_lock
+from .sync import Plan, Summary, Syncer, SyncOptions, Uploader, missing_for_products
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """What to sync: the three kinds of input of ``imgsync sync``."""
+
+    pairs: Sequence[str] = ()
+    csv_paths: Sequence[str] = ()
+    products: Sequence[int] = ()
+    force: bool = False
+    dry_run: bool = False
+    stdin: TextIO | BinaryIO | None = None
+
+
+class Progress:
+    """What the runner tells a progress display; the CLI wires it to tqdm."""
+
+    def total(self, n: int) -> None:
+        """The number of images now known."""
+
+    def advance(self, action: str) -> None:
+        """One image is done (or planned, in a dry run)."""
+
+
+def token_key(settings: Settings) -> str:
+    return f"{(settings.portal_url or '').rstrip('/')}|{settings.client_id}"
+
+
+def _seed(refresh_token: str | None) -> str:
+    """A fingerprint of the refresh token the config holds, to notice when the user puts in a new pair."""
+    return hashlib.sha256((refresh_token or "").encode()).hexdigest()[:16]
+
+
+def make_auth(settings: Settings, store: Store | None) -> Auth:
+    """A webhook, or OAuth whose newest tokens come from (and go to) the database."""
+    if settings.webhook_url:
+        return WebhookAuth(settings.webhook_url)
+    if not settings.portal_url:
+        raise ConfigError("no portal configured")
+    access, refresh = settings.access_token or "", settings.refresh_token or ""
+    seed = _seed(settings.refresh_token)
+    key = token_key(settings)
+    if store is not None:
+        saved = store.load_tokens(key)
+        # Tokens renewed by an earlier run win, unless the config now holds a different pair.
+        if saved and saved.get("seed") == seed:
+            access, refresh = saved["access_token"], saved["refresh_token"]
+
+    def on_renew(new_access: str, new_refresh: str) -> None:
+        if store is not None:
+            store.save_tokens(key, new_access, new_refresh, seed)
+
+    return OAuth(
+        settings.portal_url,
+        client_id=settings.client_id or "",
+        client_secret=settings.client_secret or "",
+        access_token=access,
+        refresh_token=refresh,
+        token_url=settings.token_url,
+        on_renew=on_renew,
+        timeout=settings.timeout,
+    )
+
+
+def make_uploader(settings: Settings) -> Uploader | None:
+    if not settings.s3_enabled:
+        return None
+    from .s3 import S3Uploader  # boto3 is slow to import: only when S3 is on
+
+    return S3Uploader(bucket=settings.s3_bucket, prefix=settings.s3_prefix,
+                      endpoint_url=settings.s3_endpoint_url or None)
+
+
+def run_sync(
+    settings: Settings,
+    request: Request,
+    *,
+    progress: Progress | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Summary:
+    """The whole of ``imgsync sync``. Raises :class:`~imgsync.errors.ImgsyncError` subclasses."""
+    progress = progress or Progress()
+    stop = stop or threading.Event()
+    validate_for_sync(settings)
+    if not settings.keep_local and not settings.s3_enabled:
+        raise ConfigError("storage.keep_local = false needs S3 (s3.enabled = true): the files would go nowhere")
+    with ExitStack() as stack:
+        # 1. Every input is read and validated before anything else happens.
+        pairs: PairSet = stack.enter_context(collect_inputs(request.pairs, request.csv_paths, request.stdin))
+        if not request.dry_run:
+            stack.enter_context(run_lock(settings.db))
+        store = stack.enter_context(Store(settings.db, create=not request.dry_run))
+        uploader = make_uploader(settings)
+        client = Client(make_auth(settings, store), rate_limit=settings.rate_limit, burst=settings.burst,
+                        timeout=settings.timeout, workers=settings.workers, stop=stop)
+        if uploader is not None:
+            uploader.check()
+        opts = SyncOptions(dest=settings.dest, force=request.force, dry_run=request.dry_run,
+                           workers=settings.workers, keep_local=settings.keep_local, uploader=uploader)
+        syncer = Syncer(client, store, opts, progress=progress.advance, on_plan=on_plan, stop=stop)
+        extra: list[Plan] = []
+        if request.products:
+            extra = _expand_products(client, store, pairs, request.products, syncer)
+        progress.total(len(pairs) + len(extra))
+        if pairs.duplicates:
+            log.info("%d duplicate pairs skipped", pairs.duplicates)
+        return syncer.run(pairs.chunks(BATCH_SIZE), extra_plans=extra)
+    raise AssertionError("unreachable")
+
+
+def _expand_products(client: Client, store: Store, pairs: PairSet, products: Sequence[int],
+                     syncer: Syncer) -> list[Plan]:
+    """Add every image of the products to ``pairs``; return plans for recorded images no longer listed."""
+    unique = list(dict.fromkeys(products))
+    extra: list[Plan] = []
+    for start in range(0, len(unique), BATCH_SIZE):
+        listed = client.list_images(unique[start:start + BATCH_SIZE])
+        for pid, images in listed.items():
+            if isinstance(images, ImageError):
+                log.warning("product %s: %s", pid, images.message)
+                extra.append(Plan(ImageRef(pid, 0), "failed", f"product {pid}: {images.message}"))
+                continue
+            pairs.add_many(ImageRef(pid, img.image_id) for img in images)
+        extra.extend(missing_for_products(store, listed))
+    return extra
+

@@ -1,0 +1,445 @@
+"""The pipeline: fetch metadata in batches, plan each image, then execute the plan.
+
+For every chunk of up to 50 images: one ``batch`` call of ``catalog.productImage.get``, then a
+decision per image (:func:`decide`: download, upload, unchanged, missing, failed) with its reason, then
+the downloads and uploads in a pool of worker threads that share the client's leaky bucket. Metadata
+for the next chunks is fetched while earlier downloads run, but never far ahead of them, so each
+``downloadUrl`` is used within moments of being issued. Rows are written by the calling thread only,
+after the file is in place. ``dry_run`` stops after the decision and prints the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .bitrix import BATCH_SIZE, Client
+from .download import file_matches, relative_path, resolve_inside, save_stream
+from .errors import (
+    AuthError,
+    DownloadFailed,
+    ImageError,
+    ImageGone,
+    ImgsyncError,
+    Interrupted,
+    LinkRefused,
+    LocalStorageError,
+    PortalUnavailable,
+    TransientError,
+    UploadError,
+)
+from .models import ImageRef, PortalImage
+from .store import Record, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD, UPLOAD, UNCHANGED, MISSING, FAILED = "download", "upload", "unchanged", "missing", "failed"
+
+
+class Uploader(Protocol):
+    """What the sync needs of an S3 store (implemented by :mod:`imgsync.s3`)."""
+
+    def check(self) -> None:
+        """Raise :class:`~imgsync.errors.S3SetupError` when the bucket or credentials cannot work."""
+
+    def key_for(self, relative: str) -> str: ...
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """``{"sha256", "size", "etag"}`` of the object, or None when it does not exist."""
+
+    def put(self, path: Path, key: str, *, sha256: str, size: int, content_type: str, ref: ImageRef) -> str:
+        """Upload; return the ETag. Raises :class:`~imgsync.errors.UploadError`."""
+        ...
+
+
+@dataclass
+class SyncOptions:
+    dest: Path
+    force: bool = False
+    dry_run: bool = False
+    workers: int = 4
+    keep_local: bool = True
+    uploader: Uploader | None = None
+
+
+@dataclass
+class Plan:
+    """The decision for one image, with the reason a person reads in ``--dry-run``."""
+
+    ref: ImageRef
+    action: str
+    reason: str
+    image: PortalImage | None = None
+    row: dict[str, Any] | None = None
+
+
+@dataclass
+class Summary:
+    """The counts of the ``--json`` summary, plus what the CLI needs to choose an exit code."""
+
+    run_id: int | None = None
+    requested: int = 0
+    downloaded: int = 0
+    unchanged: int = 0
+    uploaded: int = 0
+    missing: int = 0
+    failed: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in (
+            "run_id", "requested", "downloaded", "unchanged", "uploaded", "missing", "failed")}
+        out["duration_s"] = round(self.duration_s, 3)
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def counts(self) -> dict[str, Any]:
+        return self.as_json()
+
+
+def decide(ref: ImageRef, found: PortalImage | ImageError, row: dict[str, Any] | None, opts: SyncOptions) -> Plan:
+    """The contract's skip rule, for one image. Pure but for a stat of the local file."""
+    if isinstance(found, ImageGone):
+        reason = "gone upstream; the backup is kept" if row and row.get("sha256") else "not found on the portal"
+        return Plan(ref, MISSING, reason, None, row)
+    if isinstance(found, ImageError):
+        return Plan(ref, FAILED, found.message, None, row)
+    image = found
+    if row is None or not row.get("sha256"):
+        return Plan(ref, DOWNLOAD, "new", image, row)
+    if opts.force:
+        return Plan(ref, DOWNLOAD, "forced", image, row)
+    recorded = (row.get("name") or "", row.get("type") or "", row.get("create_time") or "", row.get("detail_url") or "")
+    changed = [label for label, old, new in zip(("name", "type", "createTime", "detailUrl"), recorded,
+                                                 image.fingerprint(), strict=True) if old != new]
+    if changed:
+        return Plan(ref, DOWNLOAD, "changed: " + ", ".join(changed), image, row)
+    local = bool(row.get("local_path")) and file_matches(opts.dest / row["local_path"], row.get("size"))
+    uploader = opts.uploader
+    in_s3 = bool(row.get("s3_key")) and row.get("s3_sha256") == row.get("sha256")
+    if uploader is not None:
+        in_s3 = in_s3 and row.get("s3_key") == uploader.key_for(relative_path(ref, image.name))
+    if opts.keep_local and not local:
+        return Plan(ref, DOWNLOAD, "local file missing or of another size", image, row)
+    if uploader is not None and not in_s3:
+        if local:
+            return Plan(ref, UPLOAD, "not in S3 yet", image, row)
+        return Plan(ref, DOWNLOAD, "not in S3 and no local copy", image, row)
+    if not opts.keep_local and not local and not in_s3:
+        return Plan(ref, DOWNLOAD, "no backup present", image, row)
+    return Plan(ref, UNCHANGED, "unchanged", image, row)
+
+
+class Syncer:
+    """Runs one sync. ``run(chunks)`` is the whole job; everything it needs is passed in."""
+
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        opts: SyncOptions,
+        *,
+        progress: Callable[[str], None] | None = None,
+        on_plan: Callable[[Plan], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.opts = opts
+        self.progress = progress or (lambda action: None)
+        self.on_plan = on_plan
+        self.stop = stop or client.stop
+        self.summary = Summary()
+        self._pending_records: list[Record] = []
+        self._last_flush = time.monotonic()
+
+    # -- the whole run ----------------------------------------------------------------------------
+    def run(self, chunks: Iterable[list[ImageRef]], *, extra_plans: Iterable[Plan] = ()) -> Summary:
+        """Sync every chunk; return the summary. Fatal errors are raised after what finished is recorded."""
+        started = time.monotonic()
+        dry = self.opts.dry_run
+        if not dry:
+            self.summary.run_id = self.store.start_run()
+        try:
+            for plan in extra_plans:
+                self._handle_plan(plan, None)
+            self._pipeline(iter(chunks))
+        except ImgsyncError as exc:
+            self.summary.error = exc.message
+            self.summary.exit_code = exc.exit_code
+            exc.summary = self.summary  # type: ignore[attr-defined]  # the CLI reports what was done
+            raise
+        finally:
+            self._flush(force=True)
+            self.summary.duration_s = time.monotonic() - started
+            if not self.summary.exit_code:
+                self.summary.exit_code = 1 if self.summary.failed else 0
+            if not dry and self.summary.run_id is not None:
+                self.store.finish_run(self.summary.run_id, self.summary.counts(), self.summary.exit_code,
+                                      self.summary.error or "")
+        return self.summary
+
+    def _pipeline(self, chunks: Iterator[list[ImageRef]]) -> None:
+        workers = max(1, self.opts.workers)
+        meta_pool = ThreadPoolExecutor(workers, thread_name_prefix="meta")
+        work_pool = ThreadPoolExecutor(workers, thread_name_prefix="work")
+        meta: dict[Future[Any], list[ImageRef]] = {}
+        work: dict[Future[Record], Plan] = {}
+        # How far metadata may run ahead of the downloads: one chunk beyond what the workers hold, so
+        # a link waits at most a chunk's worth of downloads before it is used.
+        backlog_limit = workers + BATCH_SIZE
+        exhausted = False
+        fatal: BaseException | None = None
+        try:
+            while True:
+                if self.stop.is_set():
+                    raise Interrupted("interrupted")
+                while not exhausted and len(meta) < workers and len(work) + BATCH_SIZE * len(meta) < backlog_limit:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        exhausted = True
+                        break
+                    meta[meta_pool.submit(self.client.get_images, chunk)] = chunk
+                if not meta and not work:
+                    break
+                done, _ = wait([*meta, *work], timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut in meta:
+                        chunk = meta.pop(fut)
+                        self._plan_chunk(chunk, fut.result(), work, work_pool)
+                    else:
+                        plan = work.pop(fut)
+                        try:
+                            record = fut.result()
+                        except ImgsyncError as exc:
+                            if isinstance(exc, AuthError | PortalUnavailable | LocalStorageError | Interrupted):
+                                raise
+                            record = self._failed(plan, exc)
+                        self._record(record)
+                self._flush()
+        except BaseException as exc:
+            fatal = exc
+            self.stop.set()
+            raise
+        finally:
+            for fut in list(meta) + list(work):
+                fut.cancel()
+            meta_pool.shutdown(wait=True, cancel_futures=True)
+            work_pool.shutdown(wait=True, cancel_futures=True)
+            # Downloads that finished while we were stopping are in place: record them too.
+            for fut in work:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    self._record(fut.result())
+            if fatal is not None and not isinstance(fatal, ImgsyncError):
+                log.debug("stopped by %r", fatal)
+
+    def _plan_chunk(self, chunk: list[ImageRef], found: dict[ImageRef, PortalImage | ImageError],
+                    work: dict[Future[Record], Plan], pool: ThreadPoolExecutor) -> None:
+        rows = self.store.rows_for(chunk)
+        for ref in chunk:
+            result = found.get(ref) or ImageError("no answer from the portal")
+            plan = decide(ref, result, rows.get(ref), self.opts)
+            self._handle_plan(plan, (work, pool))
+
+    def _handle_plan(self, plan: Plan, executor: tuple[dict[Future[Record], Plan], ThreadPoolExecutor] | None
+                     ) -> None:
+        if self.on_plan is not None:
+            self.on_plan(plan)
+        if self.opts.dry_run:
+            self._count_plan(plan)
+            return
+        if plan.action in (DOWNLOAD, UPLOAD) and executor is not None:
+            work, pool = executor
+            job = self._download if plan.action == DOWNLOAD else self._upload_only
+            work[pool.submit(job, plan)] = plan
+            return
+        self._record(self._immediate(plan))
+
+    def _count_plan(self, plan: Plan) -> None:
+        s = self.summary
+        s.requested += 1
+        if plan.action == DOWNLOAD:
+            s.downloaded += 1
+        elif plan.action == UPLOAD:
+            s.unchanged += 1
+            s.uploaded += 1
+        elif plan.action == UNCHANGED:
+            s.unchanged += 1
+        elif plan.action == MISSING:
+            s.missing += 1
+        else:
+            s.failed += 1
+        self.progress(plan.action)
+
+    # -- what each action does --------------------------------------------------------------------
+    def _immediate(self, plan: Plan) -> Record:
+        """unchanged, missing and failed need no download: just the row and the event."""
+        if plan.action == UNCHANGED:
+            assert plan.image is not None
+            return Record(plan.ref, "unchanged", "", {"status": "ok", "error": None})
+        if plan.action == MISSING:
+            return Record(plan.ref, "missing", plan.reason, {"status": "missing", "error": plan.reason})
+        # A product that could not be listed has no image row to mark: its event says what happened.
+        fields = {"status": "failed", "error": plan.reason} if plan.ref.image_id else None
+        return Record(plan.ref, "failed", plan.reason, fields)
+
+    def _failed(self, plan: Plan, exc: ImgsyncError) -> Record:
+        if isinstance(exc, ImageGone):
+            reason = "gone upstream; the backup is kept"
+            return Record(plan.ref, "missing", reason, {"status": "missing", "error": reason})
+        return Record(plan.ref, "failed", exc.message, {"status": "failed", "error": exc.message})
+
+    def _download(self, plan: Plan) -> Record:
+        """Download one image (a fresh link if the first is refused), then upload it if S3 is on."""
+        assert plan.image is not None
+        image, ref = plan.image, plan.ref
+        refreshed = False
+        attempt = 0
+        while True:
+            relative = relative_path(ref, image.name)
+            target = resolve_inside(self.opts.dest, relative)
+            try:
+                with self.client.open_download(image.download_url) as body:
+                    size, sha256 = save_stream(body.chunks(), target, expected_size=body.content_length)
+                    content_type = body.content_type
+                break
+            except LinkRefused as exc:
+                if refreshed:
+                    raise DownloadFailed(f"{exc.message}, again with a fresh link") from None
+                refreshed = True
+                image = self.client.get_image(ref)
+            except TransientError as exc:
+                attempt += 1
+                if attempt >= self.client.retry.attempts:
+                    raise DownloadFailed(f"download failed after {attempt} attempts: {exc.message}") from None
+                self.client.backoff(attempt)
+                if exc.code != "QUERY_LIMIT_EXCEEDED":
+                    # The link may have been spent by the broken attempt: ask for a new one.
+                    image = self.client.get_image(ref)
+        row = plan.row or {}
+        now = utcnow()
+        fields: dict[str, Any] = {
+            "name": image.name, "type": image.type, "create_time": image.create_time,
+            "detail_url": image.detail_url, "sha256": sha256, "size": size,
+            "content_type": content_type or None, "local_path": relative, "status": "ok", "error": None,
+        }
+        if row.get("sha256") != sha256:
+            fields["last_changed_at"] = now
+        old_path = row.get("local_path")
+        record = Record(ref, "downloaded", f"{size} bytes, {plan.reason}", fields)
+        if self.opts.uploader is not None:
+            self._ensure_uploaded(record, target, relative, row, force=self.opts.force)
+        if old_path and old_path != relative and record.fields and record.fields.get("status") == "ok":
+            # The image was replaced under a new name: the new file supersedes the old one.
+            _unlink_quietly(self.opts.dest / old_path)
+        return record
+
+    def _upload_only(self, plan: Plan) -> Record:
+        """The local file is current but S3 is not: upload without downloading."""
+        assert plan.image is not None and plan.row is not None
+        row = plan.row
+        relative = row["local_path"]
+        record = Record(plan.ref, "unchanged", plan.reason, {"status": "ok", "error": None,
+                                                              "sha256": row["sha256"], "size": row["size"]})
+        self._ensure_uploaded(record, self.opts.dest / relative, relative, row, force=False)
+        return record
+
+    def _ensure_uploaded(self, record: Record, path: Path, relative: str, row: dict[str, Any], *,
+                         force: bool) -> None:
+        """Put the file in S3 unless the same bytes are already there; update ``record`` in place."""
+        uploader = self.opts.uploader
+        assert uploader is not None and record.fields is not None
+        fields = record.fields
+        key = uploader.key_for(relative)
+        sha256, size = fields["sha256"], fields["size"]
+        content_type = fields.get("content_type") or row.get("content_type") or "application/octet-stream"
+        try:
+            if not force and row.get("s3_key") == key and row.get("s3_sha256") == sha256:
+                etag = row.get("s3_etag")
+                sent = False
+            else:
+                existing = None if force else uploader.head(key)
+                if existing and existing.get("sha256") == sha256 and existing.get("size") == size:
+                    etag, sent = existing.get("etag"), False
+                else:
+                    etag = uploader.put(path, key, sha256=sha256, size=size, content_type=content_type,
+                                        ref=record.ref)
+                    sent = True
+        except UploadError as exc:
+            fields["status"] = "failed"
+            fields["error"] = f"upload failed: {exc.message}"
+            record.action = "failed" if record.action == "unchanged" else record.action
+            record.extra_actions = ("failed",) if record.action == "downloaded" else ()
+            record.detail = fields["error"]
+            return
+        fields.update({"s3_key": key, "s3_etag": etag, "s3_sha256": sha256})
+        if sent:
+            record.extra_actions = ("uploaded",)
+        if not self.opts.keep_local:
+            _unlink_quietly(path)
+            fields["local_path"] = None
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _record(self, record: Record) -> None:
+        s = self.summary
+        s.requested += 1
+        actions = (record.action, *record.extra_actions)
+        if record.action == "downloaded":
+            s.downloaded += 1
+        elif record.action == "unchanged":
+            s.unchanged += 1
+        elif record.action == "missing":
+            s.missing += 1
+        if "uploaded" in actions:
+            s.uploaded += 1
+        if "failed" in actions:
+            s.failed += 1
+            if len(s.failures) < 20:
+                s.failures.append(f"{record.ref}: {record.detail}")
+            log.warning("%s failed: %s", record.ref, record.detail)
+        self._pending_records.append(record)
+        self.progress(record.action)
+
+    def _flush(self, force: bool = False) -> None:
+        if not self._pending_records or self.opts.dry_run:
+            self._pending_records.clear()
+            return
+        if force or len(self._pending_records) >= 500 or time.monotonic() - self._last_flush > 0.5:
+            records, self._pending_records = self._pending_records, []
+            self.store.save(self.summary.run_id, records)
+            self._last_flush = time.monotonic()
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc.strerror)
+
+
+def missing_for_products(store: Store, listed: dict[int, list[PortalImage] | ImageError]) -> Iterator[Plan]:
+    """Recorded images of listed products that the listing no longer shows: they are gone upstream."""
+    for pid, images in listed.items():
+        if isinstance(images, ImageError):
+            continue
+        present = {img.image_id for img in images}
+        for row in store.rows_of_product(pid):
+            if row["image_id"] not in present and row["status"] != "missing":
+                ref = ImageRef(pid, row["image_id"])
+                yield Plan(ref, MISSING, "gone upstream; the backup is kept", None, row)
+
+
+__all__ = ["Plan", "Summary", "SyncOptions", "Syncer", "Uploader", "decide", "missing_for_products"]

@@ -1,0 +1,101 @@
+"""Fixtures shared by the tests: an isolated environment, the portal emulator, CLI runners."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from imgsync.cli import cli
+from imgsync.emulator import Portal, make_catalog
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No IMGSYNC_* variable from the caller's shell, and a private working directory."""
+    for name in list(os.environ):
+        if name.startswith("IMGSYNC_") or name.startswith("AWS_"):
+            monkeypatch.delenv(name, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def portal() -> Iterator[Portal]:
+    """A fast portal (generous limits) with 10 products of 3 images each."""
+    catalog = make_catalog(products=10, images_per_product=3, min_size=500, max_size=5000, seed=7)
+    with Portal(catalog, rate_limit=500.0, burst=500) as p:
+        yield p
+
+
+@dataclass
+class Env:
+    """Paths of one sync setup in a temporary folder."""
+
+    root: Path
+    dest: Path
+    db: Path
+
+    def args(self, portal: Portal, *extra: str) -> list[str]:
+        return ["sync", "--webhook", portal.webhook_url, "--dest", str(self.dest), "--db", str(self.db), *extra]
+
+    def rows(self, table: str = "images") -> list[dict[str, Any]]:
+        con = sqlite3.connect(self.db)
+        con.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in con.execute(f"select * from {table}")]
+        finally:
+            con.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path, tmp_path / "images", tmp_path / "state" / "imgsync.db")
+
+
+def invoke(args: list[str], input: str | bytes | None = None) -> Result:
+    """Run the CLI in-process; stdout and stderr kept apart."""
+    runner = CliRunner()
+    return runner.invoke(cli, args, input=input, catch_exceptions=False)
+
+
+def run_cli(args: list[str], *, input: bytes | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed CLI as a real subprocess, as cron would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSYNC_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "imgsync", *args], input=input.decode() if input else None,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def summary_of(stdout: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one JSON line on stdout, got {stdout!r}"
+    data: dict[str, Any] = json.loads(lines[0])
+    return data
+
+
+def all_pairs(portal: Portal) -> list[str]:
+    return [f"{img.product_id}:{img.image_id}" for img in portal.images()]

@@ -1,0 +1,223 @@
+"""The sync job end to end: the CLI against the portal emulator over real HTTP."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from imgsync.emulator import Faults, Portal, make_catalog
+from imgsync.store import run_lock
+
+from .conftest import Env, all_pairs, file_sha256, invoke, summary_of
+
+
+def backed_up(env: Env, portal: Portal) -> None:
+    """Every image of the portal is on disk with its bytes, and its row says so."""
+    rows = {(r["product_id"], r["image_id"]): r for r in env.rows()}
+    for img in portal.images():
+        row = rows[(img.product_id, img.image_id)]
+        assert row["status"] == "ok", row
+        path = env.dest / row["local_path"]
+        assert file_sha256(path) == img.sha256
+        assert row["sha256"] == img.sha256
+        assert row["size"] == len(img.content)
+        assert row["name"] == img.name and row["detail_url"] == img.detail_url
+    leftovers = [p for p in env.dest.rglob("*") if p.name.endswith(".part")]
+    assert leftovers == []
+
+
+def test_cold_then_warm_sync(env: Env) -> None:
+    catalog = make_catalog(products=100, images_per_product=3, min_size=200, max_size=3000, seed=3)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        pairs = all_pairs(portal)
+        result = invoke(env.args(portal, "--json", *pairs))
+        assert result.exit_code == 0, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["requested"] == 300 and summary["downloaded"] == 300 and summary["failed"] == 0
+        backed_up(env, portal)
+        assert portal.stats.downloads_served == 300
+        assert portal.stats.by_method["batch"] == math.ceil(300 / 50)
+        assert portal.stats.by_method.get("catalog.productImage.get", 0) == 0
+
+        portal.reset_stats()
+        result = invoke(env.args(portal, "--json", *pairs))
+        assert result.exit_code == 0, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["downloaded"] == 0 and summary["unchanged"] == 300
+        assert portal.stats.downloads_served == 0
+        assert portal.stats.requests <= math.ceil(300 / 50) + 1
+        runs = env.rows("runs")
+        assert [r["exit_code"] for r in runs] == [0, 0]
+        assert runs[1]["unchanged"] == 300
+        events = env.rows("events")
+        assert sum(e["action"] == "downloaded" for e in events) == 300
+        assert sum(e["action"] == "unchanged" and e["run_id"] == runs[1]["id"] for e in events) == 300
+
+
+def test_changed_image_is_downloaded_again(env: Env, portal: Portal) -> None:
+    pairs = all_pairs(portal)
+    assert invoke(env.args(portal, *pairs)).exit_code == 0
+    first = portal.images()[4]
+    portal.replace_image(first.product_id, first.image_id, content=b"new bytes of a new picture")
+    portal.reset_stats()
+    result = invoke(env.args(portal, "--json", *pairs))
+    assert result.exit_code == 0, result.stderr
+    assert summary_of(result.stdout)["downloaded"] == 1
+    assert portal.stats.downloads_served == 1
+    backed_up(env, portal)
+    row = next(r for r in env.rows() if r["image_id"] == first.image_id)
+    assert row["last_changed_at"] is not None
+
+
+def test_deleted_image_becomes_missing_and_keeps_its_file(env: Env, portal: Portal) -> None:
+    pairs = all_pairs(portal)
+    assert invoke(env.args(portal, *pairs)).exit_code == 0
+    gone = portal.images()[0]
+    portal.delete_image(gone.product_id, gone.image_id)
+    result = invoke(env.args(portal, "--json", *pairs))
+    assert result.exit_code == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert summary["missing"] == 1 and summary["failed"] == 0
+    row = next(r for r in env.rows() if r["image_id"] == gone.image_id)
+    assert row["status"] == "missing"
+    assert file_sha256(env.dest / row["local_path"]) == gone.sha256
+
+
+def test_denied_product_fails_alone(env: Env, portal: Portal) -> None:
+    denied = portal.images()[0].product_id
+    portal.deny_product(denied)
+    result = invoke(env.args(portal, "--json", *all_pairs(portal)))
+    assert result.exit_code == 1
+    summary = summary_of(result.stdout)
+    assert summary["failed"] == 3 and summary["downloaded"] == 27
+    rows = env.rows()
+    assert {r["status"] for r in rows if r["product_id"] == denied} == {"failed"}
+    assert all("denied" in r["error"].lower() for r in rows if r["product_id"] == denied)
+    assert {r["status"] for r in rows if r["product_id"] != denied} == {"ok"}
+    assert f"{denied}:" in result.stderr
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(env: Env, portal: Portal) -> None:
+    pairs = all_pairs(portal)
+    assert invoke(env.args(portal, *pairs[:3])).exit_code == 0
+    before = env.rows()
+    portal.reset_stats()
+    result = invoke(env.args(portal, "--dry-run", *pairs[:5]))
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["unchanged"] * 3 + ["download"] * 2
+    assert all(" new" in line for line in lines[3:])
+    assert portal.stats.downloads_served == 0
+    assert env.rows() == before
+    assert len(env.rows("runs")) == 1
+
+
+def test_force_downloads_unchanged_images(env: Env, portal: Portal) -> None:
+    pairs = all_pairs(portal)[:6]
+    assert invoke(env.args(portal, *pairs)).exit_code == 0
+    portal.reset_stats()
+    result = invoke(env.args(portal, "--force", "--json", *pairs))
+    assert summary_of(result.stdout)["downloaded"] == 6
+    assert portal.stats.downloads_served == 6
+
+
+def test_local_file_deleted_by_hand_is_fetched_again(env: Env, portal: Portal) -> None:
+    pairs = all_pairs(portal)[:4]
+    assert invoke(env.args(portal, *pairs)).exit_code == 0
+    victim = env.dest / env.rows()[0]["local_path"]
+    victim.unlink()
+    result = invoke(env.args(portal, "--json", *pairs))
+    assert summary_of(result.stdout)["downloaded"] == 1
+    assert victim.exists()
+
+
+def test_product_option_lists_every_image_and_marks_vanished_ones(env: Env, portal: Portal) -> None:
+    pid = portal.images()[0].product_id
+    result = invoke(env.args(portal, "--json", "--product", str(pid)))
+    assert result.exit_code == 0, result.stderr
+    assert summary_of(result.stdout)["downloaded"] == 3
+    gone = [img for img in portal.images() if img.product_id == pid][1]
+    portal.delete_image(pid, gone.image_id)
+    result = invoke(env.args(portal, "--json", "--product", str(pid)))
+    summary = summary_of(result.stdout)
+    assert summary["missing"] == 1 and summary["unchanged"] == 2
+    statuses = {r["image_id"]: r["status"] for r in env.rows()}
+    assert statuses[gone.image_id] == "missing"
+
+
+def test_rate_limit_storm_and_truncated_downloads_end_complete(env: Env) -> None:
+    catalog = make_catalog(products=20, images_per_product=3, min_size=1000, max_size=8000, seed=11)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        portal.faults = Faults(rate_503=0.3, truncate_rate=0.1, seed=5)
+        result = invoke(env.args(portal, "--json", *all_pairs(portal)))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["downloaded"] == 60
+        assert portal.stats.injected["rate_503"] > 0 and portal.stats.injected["truncate"] > 0
+        backed_up(env, portal)
+
+
+def test_client_bucket_keeps_under_the_portal_limit(env: Env, tmp_path: Path) -> None:
+    catalog = make_catalog(products=30, images_per_product=2, min_size=100, max_size=400, seed=2)
+    with Portal(catalog, rate_limit=40.0, burst=10) as portal:
+        config = tmp_path / "imgsync.toml"
+        config.write_text(f'[bitrix24]\nwebhook_url = "{portal.webhook_url}"\nrate_limit = 40.0\nburst = 10\n'
+                          "[sync]\nworkers = 8\n")
+        result = invoke(["--config", str(config), "sync", "--dest", str(env.dest), "--db", str(env.db), "--json",
+                         *all_pairs(portal)])
+        assert result.exit_code == 0, result.stderr
+        # The same limits on both sides: 62 requests, the client paces itself, the portal refuses none.
+        assert portal.stats.requests == 60 + 2
+        assert portal.stats.rejected_503 == 0
+        assert portal.stats.max_bucket_level <= 10
+
+
+def test_second_concurrent_run_exits_75(env: Env, portal: Portal) -> None:
+    env.db.parent.mkdir(parents=True, exist_ok=True)
+    with run_lock(env.db):
+        portal.reset_stats()
+        result = invoke(env.args(portal, *all_pairs(portal)))
+    assert result.exit_code == 75
+    assert "another imgsync sync is running" in result.stderr
+    assert portal.stats.requests == 0
+
+
+def test_stale_lock_file_does_not_block(env: Env, portal: Portal) -> None:
+    env.db.parent.mkdir(parents=True, exist_ok=True)
+    Path(str(env.db) + ".lock").write_text("12345\n")
+    assert invoke(env.args(portal, *all_pairs(portal)[:2])).exit_code == 0
+
+
+def test_status_reports_counts_and_runs(env: Env, portal: Portal) -> None:
+    gone = portal.images()[0]
+    assert invoke(env.args(portal, *all_pairs(portal))).exit_code == 0
+    portal.delete_image(gone.product_id, gone.image_id)
+    assert invoke(env.args(portal, *all_pairs(portal)[:1], f"{gone.product_id}:{gone.image_id}")).exit_code == 0
+    result = invoke(["status", "--db", str(env.db), "--json"])
+    assert result.exit_code == 0
+    import json
+
+    data = json.loads(result.stdout)
+    assert data["images"] == {"missing": 1, "ok": 29}
+    assert [r["id"] for r in data["runs"]] == [2, 1]
+    text = invoke(["status", "--db", str(env.db)]).stdout
+    assert "ok       29" in text and "missing  1" in text
+
+
+def test_status_without_database_is_an_error(env: Env) -> None:
+    result = invoke(["status", "--db", str(env.db)])
+    assert result.exit_code == 2
+    assert "no state database yet" in result.stderr
+
+
+@pytest.mark.parametrize("garbage", [b"this is not a database at all, just text" * 10, b"\x00" * 4096])
+def test_corrupt_database_is_refused(env: Env, portal: Portal, garbage: bytes) -> None:
+    env.db.parent.mkdir(parents=True)
+    env.db.write_bytes(garbage)
+    portal.reset_stats()
+    result = invoke(env.args(portal, *all_pairs(portal)[:2]))
+    assert result.exit_code == 2
+    assert str(env.db) in result.stderr
+    assert env.db.read_bytes() == garbage
+    assert portal.stats.requests == 0
