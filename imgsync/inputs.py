@@ -1,0 +1,366 @@
+"""Product/image pairs from arguments, CSV files and stdin, validated before any request is made.
+
+A CSV file has a header row naming the columns ``productId,id`` or ``product_id,image_id`` (any case, any order,
+extra columns ignored) or no header, and then the first two columns are product id and image id. UTF-8 with or
+without BOM, comma or semicolon separated (decided per file from its first non-blank line), quoted cells allowed,
+blank lines skipped. Every error names the file and line: ``pairs.csv:7: product id 'abc' is not a positive
+integer``.
+
+Files are streamed line by line with a bounded read, and :class:`PairSet` keeps the pairs in a private temporary
+SQLite database, so a million pairs cost no million-element Python structures.
+"""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import IO, Any, BinaryIO, TextIO
+
+from .errors import InputError
+from .models import ImageRef
+
+__all__ = ["MAX_ID", "MAX_LINE_BYTES", "STDIN_NAME", "PairSet", "collect_inputs", "iter_csv", "parse_pair"]
+
+MAX_ID = 2**63 - 1  # SQLite's INTEGER, and what the portal's ids fit in
+MAX_LINE_BYTES = 64 * 1024
+STDIN_NAME = "<stdin>"
+
+_PRODUCT_COLUMNS = frozenset({"productid", "product_id"})
+_IMAGE_COLUMNS = frozenset({"id", "image_id", "imageid"})
+_BOM = "\ufeff"
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """``text`` fit for a message: control characters escaped, cut to ``limit`` characters."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text
+
+
+def _parse_id(cell: str) -> int | None:
+    """A positive integer id from ASCII digits, or ``None``. ``+1``, ``=1+2``, ``-3``, ``0``, ``1e3`` are refused."""
+    if not cell or len(cell) > 19 or not cell.isascii() or not cell.isdigit():
+        return None
+    value = int(cell)
+    return value if 0 < value <= MAX_ID else None
+
+
+def _ref(product: str, image: str, where: str) -> ImageRef:
+    """The ref for two cells; the error names ``where`` and the first bad cell."""
+    product_id = _parse_id(product)
+    if product_id is None:
+        raise InputError(f"{where}: product id '{_show(product)}' is not a positive integer")
+    image_id = _parse_id(image)
+    if image_id is None:
+        raise InputError(f"{where}: image id '{_show(image)}' is not a positive integer")
+    return ImageRef(product_id, image_id)
+
+
+def parse_pair(text: str, where: str) -> ImageRef:
+    """Parse one ``PRODUCT_ID:IMAGE_ID`` argument; ``where`` opens the error message (``"argument 3"``).
+
+    >>> parse_pair(" 12:345 ", "argument 1")
+    ImageRef(product_id=12, image_id=345)
+    """
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise InputError(f"{where}: '{_show(text)}' is not PRODUCT_ID:IMAGE_ID")
+    product, image = (p.strip() for p in parts)
+    # The message names the whole argument too: "argument 3: '12:x': image id 'x' is not a positive integer".
+    return _ref(product, image, f"{where}: '{_show(text)}'")
+
+
+class _LineReader:
+    """Feeds a CSV reader one decoded line at a time, never holding more than ``MAX_LINE_BYTES`` of a line.
+
+    Lines are read with a bounded ``readline``, so a 100 MB line costs 64 KiB before it is refused. A record
+    that spans lines (a quoted cell with newlines, or an unclosed quote) is bounded the same way.
+    """
+
+    def __init__(self, stream: IO[Any], name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self.line = 0  # the number of the last line read
+        self.record_start = 1  # the first line of the record being read
+        self.record_size = 0
+
+    def start_record(self) -> None:
+        self.record_start = self.line + 1
+        self.record_size = 0
+
+    def _read(self) -> str:
+        try:
+            raw = self.stream.readline(MAX_LINE_BYTES + 1)
+        except UnicodeDecodeError:
+            # A text stream decodes ahead of the line it returns, so the bad line is not known exactly.
+            after = f" after line {self.line}" if self.line else ""
+            raise InputError(f"{self.name}: not valid UTF-8 text{after}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {self.name}: {exc.strerror or exc}") from None
+        if not raw:
+            return ""
+        self.line += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise InputError(f"{self.name}:{self.line}: line is longer than {MAX_LINE_BYTES // 1024} KiB")
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{self.name}:{self.line}: not valid UTF-8 text") from None
+        else:
+            text = raw
+        if self.line == 1 and text.startswith(_BOM):
+            text = text[1:]
+        return text
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            text = self._read()
+            if not text:
+                return
+            self.record_size += len(text)
+            if self.record_size > MAX_LINE_BYTES:
+                raise InputError(
+                    f"{self.name}:{self.record_start}: record is longer than {MAX_LINE_BYTES // 1024} KiB "
+                    "(an unclosed quote?)"
+                )
+            yield text
+
+    def first_nonblank(self) -> tuple[list[str], str | None]:
+        """Lines up to and including the first non-blank one, and that line (``None`` at end of input)."""
+        lines = []
+        for text in self:
+            lines.append(text)
+            if text.strip():
+                return lines, text
+            self.start_record()
+        return lines, None
+
+
+def _columns(n: int) -> str:
+    return f"{n} column" if n == 1 else f"{n} columns"
+
+
+def _header(cells: list[str]) -> tuple[int, int] | None:
+    """The (product, image) column indexes if ``cells`` is a header row naming them, else ``None``."""
+    names = [c.lower() for c in cells]
+    product = next((i for i, c in enumerate(names) if c in _PRODUCT_COLUMNS), None)
+    image = next((i for i, c in enumerate(names) if c in _IMAGE_COLUMNS), None)
+    if product is None and image is None:
+        return None
+    if product is None or image is None:
+        missing = "product id (productId or product_id)" if product is None else "image id (id or image_id)"
+        raise _HeaderError(f"the header names no {missing} column")
+    return product, image
+
+
+class _HeaderError(Exception):
+    pass
+
+
+def _open(path: str, stdin: TextIO | BinaryIO | None) -> tuple[IO[Any], str, bool]:
+    """The stream to read, its name for messages, and whether we opened it (and so must close it)."""
+    if path == "-":
+        stream: IO[Any] = stdin if stdin is not None else sys.stdin
+        # Read bytes when we can: the pairs are UTF-8 whatever the locale says.
+        return getattr(stream, "buffer", stream), STDIN_NAME, False
+    try:
+        return open(path, "rb"), path, True
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def iter_csv(path: str, stdin: TextIO | BinaryIO | None = None) -> Iterator[tuple[ImageRef, str]]:
+    """Yield each pair of a CSV file with its location (``"pairs.csv:7"``); ``"-"`` reads ``stdin``.
+
+    ``stdin`` defaults to ``sys.stdin`` (its binary buffer when it has one). Streams the file: memory does not grow
+    with its size. Raises :class:`~imgsync.errors.InputError` naming file and line at the first bad line, or when
+    the file holds no pair at all.
+    """
+    stream, name, owned = _open(path, stdin)
+    try:
+        yield from _iter_stream(stream, name)
+    finally:
+        if owned:
+            stream.close()
+
+
+def _iter_stream(stream: IO[Any], name: str) -> Iterator[tuple[ImageRef, str]]:
+    lines = _LineReader(stream, name)
+    head, first = lines.first_nonblank()
+    if first is None:
+        raise InputError(f"{name}: no product/image pairs found")
+    delimiter = ";" if first.count(";") > first.count(",") else ","
+
+    def source() -> Iterator[str]:
+        yield from head
+        yield from lines
+
+    reader = csv.reader(source(), delimiter=delimiter, skipinitialspace=True, strict=True)
+    columns: tuple[int, int] | None = None  # from a header; None: the first two
+    need = 2
+    seen_first = False
+    found = False
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise InputError(f"{name}:{lines.record_start}: not valid CSV: {exc}") from None
+        where = f"{name}:{reader.line_num}"
+        lines.start_record()
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if not seen_first:
+            seen_first = True
+            try:
+                columns = _header(cells)
+            except _HeaderError as exc:
+                raise InputError(f"{where}: {exc}") from None
+            if columns is not None:
+                need = max(columns) + 1
+                continue
+            if not any(_parse_id(c) is not None for c in cells[:2]):
+                raise InputError(
+                    f"{where}: expected a header naming productId,id or product_id,image_id, or a pair of ids; "
+                    f"got '{_show(delimiter.join(cells), 60)}'"
+                )
+        if len(cells) < need:
+            raise InputError(f"{where}: expected product id and image id, got {_columns(len(cells))}")
+        product, image = (cells[columns[0]], cells[columns[1]]) if columns else (cells[0], cells[1])
+        found = True
+        yield _ref(product, image, where), where
+    if not found:
+        raise InputError(f"{name}: no product/image pairs found")
+
+
+class PairSet:
+    """Unique :class:`~imgsync.models.ImageRef` values in first-seen order, in bounded memory.
+
+    Backed by a private temporary SQLite database (deleted on :meth:`close`); refs are inserted in batches.
+    Not safe for concurrent use from several threads; do not add while iterating over :meth:`chunks`.
+    """
+
+    BATCH = 5000
+
+    def __init__(self) -> None:
+        # "" is a private, temporary on-disk database: it spills to disk instead of growing in memory.
+        self._db = sqlite3.connect("", check_same_thread=False)
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            CREATE TABLE pairs (
+                product_id INTEGER NOT NULL,
+                image_id INTEGER NOT NULL,
+                PRIMARY KEY (product_id, image_id)
+            );
+            """
+        )
+        self._pending: list[tuple[int, int]] = []
+        self._added = 0
+        self._unique = 0
+        self._closed = False
+
+    def add(self, ref: ImageRef) -> None:
+        """Add one ref; a duplicate of an earlier one is dropped."""
+        self._pending.append((ref.product_id, ref.image_id))
+        if len(self._pending) >= self.BATCH:
+            self._flush()
+
+    def add_many(self, refs: Iterable[ImageRef]) -> None:
+        """Add refs in order; duplicates are dropped."""
+        for ref in refs:
+            self.add(ref)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._closed:
+            raise ValueError("PairSet is closed")
+        with self._db:
+            cursor = self._db.executemany("INSERT OR IGNORE INTO pairs VALUES (?, ?)", self._pending)
+        self._added += len(self._pending)
+        self._unique += cursor.rowcount
+        self._pending.clear()
+
+    def __len__(self) -> int:
+        """The number of unique refs."""
+        self._flush()
+        return self._unique
+
+    @property
+    def duplicates(self) -> int:
+        """How many refs were dropped as duplicates of earlier ones."""
+        self._flush()
+        return self._added - self._unique
+
+    def __contains__(self, ref: object) -> bool:
+        if not isinstance(ref, ImageRef):
+            return False
+        self._flush()
+        row = self._db.execute(
+            "SELECT 1 FROM pairs WHERE product_id = ? AND image_id = ?", (ref.product_id, ref.image_id)
+        ).fetchone()
+        return row is not None
+
+    def chunks(self, size: int = 50) -> Iterator[list[ImageRef]]:
+        """Yield the unique refs in first-seen order, ``size`` at a time (the last chunk may be shorter)."""
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._flush()
+        cursor = self._db.execute("SELECT product_id, image_id FROM pairs ORDER BY rowid")
+        try:
+            while rows := cursor.fetchmany(size):
+                yield [ImageRef(p, i) for p, i in rows]
+        finally:
+            cursor.close()
+
+    def __iter__(self) -> Iterator[ImageRef]:
+        for chunk in self.chunks(500):
+            yield from chunk
+
+    def close(self) -> None:
+        """Drop the temporary database. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._pending.clear()
+            self._db.close()
+
+    def __enter__(self) -> PairSet:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def collect_inputs(
+    pairs: Sequence[str], csv_paths: Sequence[str], stdin: TextIO | BinaryIO | None = None
+) -> PairSet:
+    """Validate every pair argument and CSV file and collect the unique pairs, arguments first.
+
+    Pair arguments are named ``argument 1``, ``argument 2``, ... in messages. Raises
+    :class:`~imgsync.errors.InputError` on the first bad item. The caller closes the returned :class:`PairSet`.
+    """
+    if sum(1 for p in csv_paths if p == "-") > 1:
+        raise InputError("stdin ('-') can be read only once")
+    found = PairSet()
+    try:
+        for number, text in enumerate(pairs, start=1):
+            found.add(parse_pair(text, f"argument {number}"))
+        for path in csv_paths:
+            for ref, _where in iter_csv(path, stdin):
+                found.add(ref)
+    except BaseException:
+        found.close()
+        raise
+    return found
