@@ -94,7 +94,7 @@ def make_uploader(settings: Settings) -> Uploader | None:
     from .s3 import S3Uploader  # boto3 is slow to import: only when S3 is on
 
     return S3Uploader(bucket=settings.s3_bucket, prefix=settings.s3_prefix,
-                      endpoint_url=settings.s3_endpoint_url or None)
+                      endpoint_url=settings.s3_endpoint_url or None, workers=settings.workers)
 
 
 def run_sync(

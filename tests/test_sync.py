@@ -154,7 +154,7 @@ def test_rate_limit_storm_and_truncated_downloads_end_complete(env: Env) -> None
         result = invoke(env.args(portal, "--json", *all_pairs(portal)))
         assert result.exit_code == 0, result.stderr
         assert summary_of(result.stdout)["downloaded"] == 60
-        assert portal.stats.injected["rate_503"] > 0 and portal.stats.injected["truncate"] > 0
+        assert portal.stats.injected["503"] > 0 and portal.stats.injected["truncate"] > 0
         backed_up(env, portal)
 
 

@@ -1,0 +1,916 @@
+"""The emulated portal: catalog state, auth, the leaky bucket, faults and the REST methods.
+
+The behaviour, and every choice made where the docs are silent, is described in the package docstring
+(:mod:`imgsync.emulator`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import math
+import random
+import secrets
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import lru_cache
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from .catalog import PORTAL_TZ, CatalogImage, content_type_for, random_detail_url
+from .server import PortalServer, Reply, Request, json_reply, php_parse
+
+__all__ = ["Faults", "Portal", "Stats", "MAX_BATCH", "OPERATING_WINDOW"]
+
+MAX_BATCH = 50
+OPERATING_WINDOW = 600.0  # seconds: ten one-minute baskets
+FIRST_FILE_ID = 7001
+
+NGINX_404 = (
+    b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
+    b"<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+_HTML = "text/html"
+_QUERY_LIMIT = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
+_OVERLOAD = {"error": "OVERLOAD_LIMIT", "error_description": "REST API is blocked due to overload"}
+_INTERNAL = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}
+
+
+@dataclass
+class Faults:
+    """Injected failures. Rates are fractions of requests (1.0 = every one); the RNG is seeded.
+
+    ``rate_503``, ``rate_500`` and ``drop_rate`` hit REST calls and/or downloads as ``apply_to`` says;
+    ``truncate_rate`` and ``slow_download`` hit downloads only. The OAuth endpoint is never faulted.
+    """
+
+    rate_503: float = 0.0
+    rate_500: float = 0.0
+    drop_rate: float = 0.0
+    truncate_rate: float = 0.0
+    slow_download: float = 0.0
+    apply_to: str = "all"
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.apply_to not in ("all", "rest", "download"):
+            raise ValueError(f"apply_to must be 'all', 'rest' or 'download', not {self.apply_to!r}")
+        self._rng = random.Random(self.seed)
+
+    def roll(self, rate: float) -> bool:
+        """True for a ``rate`` fraction of calls (exactly never at 0, always at 1)."""
+        if rate <= 0:
+            return False
+        return rate >= 1 or self._rng.random() < rate
+
+    def applies_to(self, kind: str) -> bool:
+        return self.apply_to == "all" or self.apply_to == kind
+
+
+@dataclass
+class Stats:
+    """What the portal has seen. ``portal.stats`` is a snapshot; ``as_dict()`` gives plain JSON types.
+
+    ``injected`` counts by kind: ``"503"``, ``"500"``, ``"drop"``, ``"truncate"``, ``"slow"``, and the
+    switches ``"overload"`` and ``"operation_limit"``. ``download_bytes`` counts body bytes actually sent
+    (cut-short bodies included); ``downloads_served`` only complete 200 bodies.
+    """
+
+    requests: int = 0
+    by_method: Counter[str] = field(default_factory=Counter)
+    batch_commands: Counter[str] = field(default_factory=Counter)
+    downloads_served: int = 0
+    download_bytes: int = 0
+    rejected_503: int = 0
+    injected: Counter[str] = field(default_factory=Counter)
+    max_bucket_level: float = 0.0
+
+    def copy(self) -> Stats:
+        return replace(
+            self,
+            by_method=Counter(self.by_method),
+            batch_commands=Counter(self.batch_commands),
+            injected=Counter(self.injected),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_method": dict(self.by_method),
+            "batch_commands": dict(self.batch_commands),
+            "downloads_served": self.downloads_served,
+            "download_bytes": self.download_bytes,
+            "rejected_503": self.rejected_503,
+            "injected": dict(self.injected),
+            "max_bucket_level": self.max_bucket_level,
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status plus the ``{"error", "error_description"}`` body."""
+
+    def __init__(self, status: int, code: str | int, description: str, **extra: Any) -> None:
+        super().__init__(description)
+        self.status = status
+        self.code = code
+        self.description = description
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "error_description": self.description, **self.extra}
+
+
+@dataclass(slots=True)
+class _Stored:
+    image: CatalogImage
+    file_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Cred:
+    """Who is calling: ``token`` is the OAuth access token (None for the webhook); ``key`` binds links."""
+
+    token: str | None
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Method:
+    name: str
+    scope: str | None
+    handler: str
+
+
+_METHODS = {
+    m.name.lower(): m
+    for m in (
+        _Method("catalog.productImage.get", "catalog", "_m_get"),
+        _Method("catalog.productImage.list", "catalog", "_m_list"),
+        _Method("batch", None, ""),
+        _Method("scope", None, "_m_scope"),
+        _Method("server.time", None, "_m_server_time"),
+    )
+}
+_DOWNLOAD_NAMES = ("download", "download.json")
+
+
+def _method_name(raw: str) -> str:
+    name = raw.strip().lower()
+    return name[:-5] if name.endswith(".json") else name
+
+
+@lru_cache(maxsize=256)
+def _iso(second: int) -> str:
+    return datetime.fromtimestamp(second, PORTAL_TZ).isoformat()
+
+
+def _php_array(section: dict[str, Any]) -> Any:
+    """How PHP's json_encode shows an array: empty or keyed 0..n-1 -> JSON list, else object."""
+    if not section:
+        return []
+    if all(key == str(i) for i, key in enumerate(section)):
+        return list(section.values())
+    return section
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "y", "yes", "on")
+    return bool(value)
+
+
+def _int_param(params: dict[str, Any], name: str) -> int:
+    value = params.get(name)
+    if value is None or value == "":
+        raise ApiError(400, 100, f"Required parameter '{name}' is not specified")
+    try:
+        if isinstance(value, bool):
+            raise ValueError(name)
+        return int(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, 100, f"Parameter '{name}' is not a valid identifier") from None
+
+
+def _select(params: dict[str, Any]) -> set[str] | None:
+    raw = params.get("select")
+    if not raw:
+        return None
+    if isinstance(raw, str):
+        return {raw}
+    if isinstance(raw, dict):
+        raw = list(raw.values())
+    return {str(item) for item in raw} if isinstance(raw, list) else None
+
+
+def _disposition(name: str) -> str:
+    plain = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    value = f'attachment; filename="{plain}"'
+    if plain != name:
+        value += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return value
+
+
+def _browser_like(headers: Any) -> bool:
+    """The headers the docs require on a download; without them nginx answers 404."""
+    return bool(
+        headers.get("Referer") and headers.get("Accept-Language") and headers.get("User-Agent", "").strip()
+    )
+
+
+class Portal:
+    """An emulated Bitrix24 portal serving ``catalog.productImage.*``, ``batch``, downloads and OAuth.
+
+    See the package docstring for the behaviour. Every attribute given to the constructor (and
+    ``overload``, ``faults``) may be changed while it runs.
+    """
+
+    def __init__(
+        self,
+        catalog: Iterable[CatalogImage] = (),
+        *,
+        rate_limit: float = 2.0,
+        burst: float = 50,
+        count_downloads: bool = True,
+        latency: float = 0.0,
+        link_ttl: float = 3600.0,
+        one_time_links: bool = False,
+        webhook_user: int = 1,
+        webhook_code: str = "k3y5ecr3tw3bh00k",
+        scopes: Iterable[str] = ("catalog",),
+        client_id: str = "local.app1",
+        client_secret: str = "s3cr3tcl1ent",
+        access_token_ttl: float = 3600.0,
+        rotate_refresh_tokens: bool = True,
+        port: int = 0,
+    ) -> None:
+        self.rate_limit = rate_limit
+        self.burst = burst
+        self.count_downloads = count_downloads
+        self.latency = latency
+        self.link_ttl = link_ttl
+        self.one_time_links = one_time_links
+        self.webhook_user = webhook_user
+        self.webhook_code = webhook_code
+        self.scopes = tuple(scopes)
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.access_token_ttl = access_token_ttl
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.overload = False
+        self.faults = Faults()
+        #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
+        self.server_errors: list[str] = []
+
+        # Catalog, tokens and used links; never held while sleeping or doing I/O.
+        self._state_lock = threading.Lock()
+        self._products: dict[int, dict[int, _Stored]] = {}
+        self._files: dict[int, _Stored] = {}
+        self._file_ids = itertools.count(FIRST_FILE_ID)
+        self._denied: set[int] = set()
+        self._failing: set[tuple[int, int]] = set()
+        self._access: dict[str, float] = {}  # access token -> monotonic expiry
+        self._refresh: set[str] = set()
+        self._used_links: set[str] = set()
+        self._secret = secrets.token_bytes(32)
+
+        # Counters, the bucket and the operating-time baskets.
+        self._lock = threading.Lock()
+        self._stats = Stats()
+        self._level = 0.0
+        self._level_at = time.monotonic()
+        self._operating: dict[str, list[float]] = {}  # method -> [window start, seconds]
+        self._blocks: dict[str, float] = {}  # method -> unix time the operation limit lifts
+
+        self._port = port
+        self._url = ""
+        self._server: PortalServer | None = None
+        self._thread: threading.Thread | None = None
+
+        with self._state_lock:
+            for image in catalog:
+                self._insert(image)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> Portal:
+        """Listen on 127.0.0.1 (a free port unless ``port`` was given; the same port on a restart)."""
+        if self._server is not None:
+            return self
+        server = PortalServer(self._port, self.handle)
+        self._port = server.server_port
+        self._url = f"http://127.0.0.1:{self._port}"
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bitrix24-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection. The portal may be started again."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Portal:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if not self._url:
+            raise RuntimeError("the portal has not been started")
+        return self._url
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/rest/{self.webhook_user}/{self.webhook_code}/"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/oauth/token/"
+
+    # ----------------------------------------------------------------- catalog
+
+    def _insert(self, image: CatalogImage) -> CatalogImage:
+        product = self._products.setdefault(image.product_id, {})
+        if image.image_id in product:
+            raise ValueError(f"image {image.product_id}:{image.image_id} already exists")
+        stored = _Stored(image, next(self._file_ids))
+        product[image.image_id] = stored
+        self._files[stored.file_id] = stored
+        return image
+
+    def add_image(self, image: CatalogImage | None = None, /, **fields: Any) -> CatalogImage:
+        """Add an image, given whole or as ``CatalogImage`` keyword arguments.
+
+        With keywords, ``product_id`` is required; ``image_id`` defaults to the highest id + 1 and
+        ``name`` to ``photo-<id>.jpg``.
+        """
+        if image is not None and fields:
+            raise TypeError("give a CatalogImage or keyword arguments, not both")
+        with self._state_lock:
+            if image is None:
+                if "image_id" not in fields:
+                    ids = [iid for product in self._products.values() for iid in product]
+                    fields["image_id"] = max(ids, default=999) + 1
+                fields.setdefault("name", f"photo-{fields['image_id']}.jpg")
+                image = CatalogImage(**fields)
+            return self._insert(image)
+
+    def add_product(self, product_id: int) -> None:
+        """Make a product exist, with no images (``list`` then answers ``total: 0``)."""
+        with self._state_lock:
+            self._products.setdefault(product_id, {})
+
+    def replace_image(
+        self, product_id: int, image_id: int, content: bytes, name: str | None = None
+    ) -> CatalogImage:
+        """Store a new file for an image: new content (and name), a new ``detailUrl``, same ``createTime``.
+
+        Links issued for the old file answer 404 from now on.
+        """
+        with self._state_lock:
+            old = self._products[product_id][image_id]
+            new_name = name or old.image.name
+            image = replace(
+                old.image,
+                content=content,
+                name=new_name,
+                content_type=content_type_for(new_name),
+                detail_url=random_detail_url(new_name),
+            )
+            del self._files[old.file_id]
+            del self._products[product_id][image_id]
+            return self._insert(image)
+
+    def delete_image(self, product_id: int, image_id: int) -> None:
+        """Remove an image; the product stays (possibly with no images)."""
+        with self._state_lock:
+            stored = self._products[product_id].pop(image_id)
+            del self._files[stored.file_id]
+
+    def delete_product(self, product_id: int) -> None:
+        """Remove a product and all its images."""
+        with self._state_lock:
+            for stored in self._products.pop(product_id).values():
+                del self._files[stored.file_id]
+
+    def deny_product(self, product_id: int, denied: bool = True) -> None:
+        """Every call about that product answers ``200040300010 Access Denied`` (downloads: 403)."""
+        with self._state_lock:
+            (self._denied.add if denied else self._denied.discard)(product_id)
+
+    def fail_image(self, product_id: int, image_id: int, failing: bool = True) -> None:
+        """``catalog.productImage.get`` for that image answers 400 ``{"error": 0, "Internal error"}``."""
+        with self._state_lock:
+            (self._failing.add if failing else self._failing.discard)((product_id, image_id))
+
+    def image(self, product_id: int, image_id: int) -> CatalogImage:
+        with self._state_lock:
+            return self._products[product_id][image_id].image
+
+    def images(self) -> list[CatalogImage]:
+        """Every image, ordered by (product id, image id)."""
+        with self._state_lock:
+            found = [s.image for product in self._products.values() for s in product.values()]
+        return sorted(found, key=lambda i: (i.product_id, i.image_id))
+
+    # ----------------------------------------------------------------- tokens, limits, stats
+
+    def issue_tokens(self) -> tuple[str, str]:
+        """A fresh OAuth pair ``(access_token, refresh_token)``."""
+        access, refresh = secrets.token_hex(16), secrets.token_hex(16)
+        with self._state_lock:
+            self._access[access] = time.monotonic() + self.access_token_ttl
+            self._refresh.add(refresh)
+        return access, refresh
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far answers ``expired_token`` from now on."""
+        with self._state_lock:
+            for token in self._access:
+                self._access[token] = -math.inf
+
+    def operation_limit(self, seconds: float = 2.0, method: str = "catalog.productImage.get") -> None:
+        """For ``seconds`` from now, calls of ``method`` answer 429 ``OPERATION_TIME_LIMIT`` (0 lifts it)."""
+        known = _METHODS.get(_method_name(method))
+        name = known.name if known else method
+        with self._lock:
+            if seconds > 0:
+                self._blocks[name] = time.time() + seconds
+            else:
+                self._blocks.pop(name, None)
+
+    def bucket_level(self) -> float:
+        """The leaky-bucket counter now."""
+        with self._lock:
+            return max(0.0, self._level - (time.monotonic() - self._level_at) * self.rate_limit)
+
+    def reset_bucket(self) -> None:
+        with self._lock:
+            self._level, self._level_at = 0.0, time.monotonic()
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return self._stats.copy()
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self._stats = Stats()
+
+    def _count(self, label: str) -> None:
+        with self._lock:
+            self._stats.requests += 1
+            self._stats.by_method[label] += 1
+
+    def _inject(self, kind: str) -> None:
+        with self._lock:
+            self._stats.injected[kind] += 1
+
+    def _take(self) -> bool:
+        """One request into the bucket; False (and not counted) when it is already full."""
+        with self._lock:
+            now = time.monotonic()
+            level = max(0.0, self._level - (now - self._level_at) * self.rate_limit)
+            self._level_at = now
+            if level >= self.burst:
+                self._level = level
+                self._stats.rejected_503 += 1
+                return False
+            self._level = level + 1
+            if self._level > self._stats.max_bucket_level:
+                self._stats.max_bucket_level = self._level
+            return True
+
+    def _admit(self, label: str, kind: str, counted: bool) -> Reply | None:
+        """Count the request, then apply overload, injected faults and the bucket, in that order."""
+        self._count(label)
+        delay = self.latency
+        if self.overload:
+            self._inject("overload")
+            return json_reply(503, _OVERLOAD, delay)
+        faults = self.faults
+        if faults.applies_to(kind):
+            if faults.roll(faults.drop_rate):
+                self._inject("drop")
+                return Reply(drop=True, delay=delay)
+            if faults.roll(faults.rate_503):
+                self._inject("503")
+                return json_reply(503, _QUERY_LIMIT, delay)
+            if faults.roll(faults.rate_500):
+                self._inject("500")
+                return json_reply(500, _INTERNAL, delay)
+        if counted and not self._take():
+            return json_reply(503, _QUERY_LIMIT, delay)
+        return None
+
+    def _account(
+        self, name: str, seconds: float, now: float, related: Iterable[str] = ()
+    ) -> tuple[float, int]:
+        """Add ``seconds`` to a method's operating time; return (operating, operating_reset_at)."""
+        with self._lock:
+            window = self._operating.get(name)
+            if window is None or now >= window[0] + OPERATING_WINDOW:
+                window = self._operating[name] = [now, 0.0]
+            window[1] += seconds
+            operating, reset_at = window[1], window[0] + OPERATING_WINDOW
+            active = [end for n in (name, *related) if (end := self._blocks.get(n, 0.0)) > now]
+        if active:
+            reset_at = max(active)
+        return round(operating, 6), math.ceil(reset_at)
+
+    def _time(
+        self,
+        start: float,
+        work_start: float,
+        name: str,
+        seconds: float | None = None,
+        related: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        finish = time.time()
+        processing = finish - work_start
+        operating, reset_at = self._account(name, processing if seconds is None else seconds, finish, related)
+        return {
+            "start": start,
+            "finish": finish,
+            "duration": finish - start,
+            "processing": processing,
+            "date_start": _iso(int(start)),
+            "date_finish": _iso(int(finish)),
+            "operating": operating,
+            "operating_reset_at": reset_at,
+        }
+
+    # ----------------------------------------------------------------- HTTP entry
+
+    def handle(self, request: Request) -> Reply:
+        """Answer one HTTP request (called by the server's threads)."""
+        try:
+            segs = [s for s in request.path.split("/") if s]
+            if segs and segs[0] == "rest":
+                if len(segs) == 2 and segs[1].lower() == "download.json":
+                    return self._download(request)
+                return self._rest(request, segs[1:])
+            if segs == ["oauth", "token"]:
+                return self._oauth(request)
+            self._count("other")
+            return Reply(404, NGINX_404, _HTML)
+        except Exception:
+            self.server_errors.append(traceback.format_exc())
+            return json_reply(500, _INTERNAL)
+
+    def _rest(self, request: Request, segs: list[str]) -> Reply:
+        hook = (segs[0], segs[1]) if len(segs) >= 2 else None
+        raw = segs[0] if hook is None else "/".join(segs[2:])
+        method = _METHODS.get(_method_name(raw))
+        early = self._admit(method.name if method else raw or "(none)", "rest", counted=True)
+        if early is not None:
+            return early
+        delay = self.latency
+        start = time.time()
+        try:
+            params = self._params(request)
+            cred = self._authenticate(hook, params)
+            if method is None:
+                raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
+            if method.name == "batch":
+                return json_reply(200, self._batch(params, cred, start), delay)
+            result, total, timing = self._call(method, params, cred, start)
+        except ApiError as exc:
+            return json_reply(exc.status, exc.body(), delay)
+        body: dict[str, Any] = {"result": result}
+        if total is not None:
+            body["total"] = total
+        body["time"] = timing
+        return json_reply(200, body, delay)
+
+    def _params(self, request: Request) -> dict[str, Any]:
+        """Query string, then a JSON or form body on top."""
+        params = php_parse(request.query) if request.query else {}
+        body = request.body
+        if body:
+            ctype = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+            if ctype.endswith("json") or (ctype != "application/x-www-form-urlencoded" and body[:1] == b"{"):
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    raise ApiError(400, "ERROR_ARGUMENT", "The request body is not valid JSON") from None
+                if not isinstance(data, dict):
+                    raise ApiError(400, "ERROR_ARGUMENT", "The request body must be a JSON object")
+                params.update(data)
+            else:
+                params.update(php_parse(body.decode("utf-8", "replace")))
+        return params
+
+    def _webhook_key(self) -> str:
+        return f"webhook|{self.webhook_user}|{self.webhook_code}"
+
+    def _authenticate(self, hook: tuple[str, str] | None, params: dict[str, Any]) -> _Cred:
+        token = params.pop("auth", None)
+        if hook is not None:
+            user, code = hook
+            if user != str(self.webhook_user) or not hmac.compare_digest(
+                code.encode(), str(self.webhook_code).encode()
+            ):
+                raise ApiError(401, "NO_AUTH_FOUND", "Wrong authorization data")
+            return _Cred(None, self._webhook_key())
+        if not token or not isinstance(token, str):
+            raise ApiError(401, "NO_AUTH_FOUND", "Wrong authorization data")
+        self._check_access_token(token)
+        return _Cred(token, f"oauth|{token}")
+
+    def _check_access_token(self, token: str) -> None:
+        expires = self._access.get(token)
+        if expires is None:
+            raise ApiError(401, "invalid_token", "Unable to get application by token")
+        if time.monotonic() >= expires:
+            raise ApiError(401, "expired_token", "The access token provided has expired.")
+
+    def _call(
+        self, method: _Method, params: dict[str, Any], cred: _Cred, start: float
+    ) -> tuple[Any, int | None, dict[str, Any]]:
+        """Run one method (top level or inside batch): scope, operation limit, handler, time object."""
+        if method.scope and method.scope not in self.scopes:
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                "The request requires higher privileges than provided by the webhook token",
+            )
+        blocked_until = self._blocks.get(method.name, 0.0)
+        if blocked_until > time.time():
+            self._inject("operation_limit")
+            raise ApiError(
+                429,
+                "OPERATION_TIME_LIMIT",
+                "Method is blocked due to operation time limit.",
+                operating_reset_at=math.ceil(blocked_until),
+            )
+        work_start = time.time()
+        result, total = getattr(self, method.handler)(params, cred)
+        return result, total, self._time(start, work_start, method.name)
+
+    def _batch(self, params: dict[str, Any], cred: _Cred, start: float) -> dict[str, Any]:
+        cmd = params.get("cmd") or {}
+        if isinstance(cmd, dict):
+            items = [(str(key), value) for key, value in cmd.items()]
+        elif isinstance(cmd, list):
+            items = [(str(i), value) for i, value in enumerate(cmd)]
+        else:
+            raise ApiError(400, "ERROR_ARGUMENT", "cmd must be an object or an array")
+        if len(items) > MAX_BATCH:
+            raise ApiError(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
+        halt = _truthy(params.get("halt", 0))
+        results: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
+        totals: dict[str, Any] = {}
+        times: dict[str, Any] = {}
+        executed: Counter[str] = Counter()
+        for key, command in items:
+            raw, _, query = str(command).partition("?")
+            name = _method_name(raw)
+            method = _METHODS.get(name)
+            executed[method.name if method else raw.strip()] += 1
+            try:
+                if name in _DOWNLOAD_NAMES or (method is not None and method.name == "batch"):
+                    raise ApiError(
+                        405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"
+                    )
+                if method is None:
+                    raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
+                sub = php_parse(query)
+                sub.pop("auth", None)
+                result, total, timing = self._call(method, sub, cred, time.time())
+            except ApiError as exc:
+                errors[key] = exc.body()
+                if halt:
+                    break
+                continue
+            results[key] = result
+            times[key] = timing
+            if total is not None:
+                totals[key] = total
+        with self._lock:
+            self._stats.batch_commands.update(executed)
+        return {
+            "result": {
+                "result": _php_array(results),
+                "result_error": _php_array(errors),
+                "result_total": _php_array(totals),
+                "result_next": [],
+                "result_time": _php_array(times),
+            },
+            # The outer batch is not counted in operating; its reset time is that of its blocked commands.
+            "time": self._time(start, start, "batch", seconds=0.0, related=executed),
+        }
+
+    # ----------------------------------------------------------------- methods
+
+    def _lookup(self, product_id: int) -> dict[int, _Stored]:
+        """The product's images; raises the catalog errors. Call with the state lock held."""
+        if product_id in self._denied:
+            raise ApiError(400, 200040300010, "Access Denied")
+        product = self._products.get(product_id)
+        if product is None:
+            raise ApiError(400, 0, "Product is not found")
+        return product
+
+    def _m_get(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
+        product_id = _int_param(params, "productId")
+        image_id = _int_param(params, "id")
+        with self._state_lock:
+            stored = self._lookup(product_id).get(image_id)
+            failing = (product_id, image_id) in self._failing
+        if stored is None:
+            raise ApiError(400, 0, "Image is not found")
+        if failing:
+            raise ApiError(400, 0, "Internal error")
+        return {"productImage": self._image_json(stored, cred, None)}, None
+
+    def _m_list(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int]:
+        product_id = _int_param(params, "productId")
+        select = _select(params)
+        with self._state_lock:
+            found = sorted(self._lookup(product_id).items())
+        images = [self._image_json(stored, cred, select) for _, stored in found]
+        return {"productImages": images}, len(images)
+
+    def _m_scope(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
+        return list(self.scopes), None
+
+    def _m_server_time(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
+        return _iso(int(time.time())), None
+
+    def _image_json(self, stored: _Stored, cred: _Cred, select: set[str] | None) -> dict[str, Any]:
+        image = stored.image
+        data: dict[str, Any] = {
+            "createTime": image.create_time,
+            "detailUrl": image.detail_url,
+            "downloadUrl": None,
+            "id": image.image_id,
+            "name": image.name,
+            "productId": image.product_id,
+            "type": image.type,
+        }
+        if select is not None:
+            data = {key: value for key, value in data.items() if key in select}
+        if "downloadUrl" in data:
+            data["downloadUrl"] = self._link(stored.file_id, cred)
+        return data
+
+    # ----------------------------------------------------------------- download links
+
+    def _sign(self, payload: str, issued: str, key: str) -> str:
+        message = f"download|catalog|{payload}|{issued}|{key}".encode()
+        return base64.b64encode(hmac.new(self._secret, message, hashlib.sha256).digest()).decode()
+
+    def _link(self, file_id: int, cred: _Cred) -> str:
+        payload = base64.b64encode(f"id={file_id}&_={secrets.token_hex(16)}".encode()).decode()
+        issued = f"{time.time():.6f}"
+        state = base64.b64encode(f"download|catalog|{payload}|{issued}".encode()).decode()
+        token = quote(f"catalog|{payload}|{state}.{self._sign(payload, issued, cred.key)}", safe="")
+        auth = f"auth={cred.token}&" if cred.token else ""
+        return f"{self.url}/rest/download.json?{auth}token={token}"
+
+    def _open_link(self, query: str) -> tuple[int, str]:
+        """Check a download link; return (file id, nonce) or raise the 401 it deserves."""
+        args = dict(parse_qsl(query))
+        auth = args.get("auth")
+        failed = ApiError(401, "LINK_CHECK_FAILED", "Link check failed")
+        try:
+            scope, payload, signed = args["token"].split("|")
+            state, signature = signed.rsplit(".", 1)
+            issued = base64.b64decode(state, validate=True).decode().split("|")[3]
+            fields = dict(parse_qsl(base64.b64decode(payload, validate=True).decode()))
+            file_id, nonce, issued_at = int(fields["id"]), fields["_"], float(issued)
+        except (KeyError, ValueError, IndexError):
+            raise failed from None
+        key = f"oauth|{auth}" if auth else self._webhook_key()
+        if scope != "catalog" or not hmac.compare_digest(signature, self._sign(payload, issued, key)):
+            raise failed
+        if auth:
+            self._check_access_token(auth)
+        if time.time() - issued_at > self.link_ttl:
+            raise ApiError(401, "LINK_EXPIRED", "Link check failed: the link has expired")
+        return file_id, nonce
+
+    def _download(self, request: Request) -> Reply:
+        early = self._admit("download", "download", counted=self.count_downloads)
+        if early is not None:
+            return early
+        delay = self.latency
+        try:
+            file_id, nonce = self._open_link(request.query)
+            with self._state_lock:
+                stored = self._files.get(file_id)
+                denied = stored is not None and stored.image.product_id in self._denied
+            if stored is None:
+                raise ApiError(404, "ERROR_FILE_NOT_FOUND", "File is not found")
+            if denied:
+                raise ApiError(403, 200040300010, "Access Denied")
+            image = stored.image
+            headers = [("Content-Disposition", _disposition(image.name))]
+            if not _browser_like(request.headers):
+                return Reply(404, NGINX_404, _HTML, headers, delay=delay)
+            if self.one_time_links:
+                with self._state_lock:
+                    if nonce in self._used_links:
+                        raise ApiError(401, "LINK_USED", "Link check failed: the link was already used")
+                    self._used_links.add(nonce)
+        except ApiError as exc:
+            return json_reply(exc.status, exc.body(), delay)
+        faults = self.faults
+        truncate = faults.roll(faults.truncate_rate)
+        slow = faults.slow_download
+        if truncate:
+            self._inject("truncate")
+        if slow > 0:
+            self._inject("slow")
+        return Reply(
+            200,
+            image.content,
+            image.content_type,
+            headers,
+            delay=delay,
+            truncate=truncate,
+            slow=slow,
+            on_sent=self._download_sent,
+        )
+
+    def _download_sent(self, sent: int, complete: bool) -> None:
+        with self._lock:
+            self._stats.download_bytes += sent
+            if complete:
+                self._stats.downloads_served += 1
+
+    # ----------------------------------------------------------------- OAuth server
+
+    def _oauth(self, request: Request) -> Reply:
+        """``/oauth/token/``: the refresh grant only. Not in the portal's bucket, never faulted or delayed."""
+        self._count("oauth.token")
+        args = dict(parse_qsl(request.query))
+        if request.body:
+            args.update(parse_qsl(request.body.decode("utf-8", "replace")))
+        if args.get("client_id") != self.client_id or args.get("client_secret") != self.client_secret:
+            return json_reply(
+                401, {"error": "invalid_client", "error_description": "Invalid client credentials"}
+            )
+        if args.get("grant_type") != "refresh_token":
+            return json_reply(
+                400,
+                {
+                    "error": "invalid_request",
+                    "error_description": "Only grant_type=refresh_token is supported",
+                },
+            )
+        with self._state_lock:
+            old = args.get("refresh_token", "")
+            if old not in self._refresh:
+                return json_reply(
+                    400,
+                    {"error": "invalid_grant", "error_description": "The refresh token is invalid or used"},
+                )
+            if self.rotate_refresh_tokens:
+                self._refresh.discard(old)
+        access, refresh = self.issue_tokens()
+        return json_reply(
+            200,
+            {
+                "access_token": access,
+                "client_endpoint": f"{self.url}/rest/",
+                "domain": f"127.0.0.1:{self._port}",
+                "expires": int(time.time() + self.access_token_ttl),
+                "expires_in": math.ceil(self.access_token_ttl),
+                "member_id": hashlib.md5(self.url.encode()).hexdigest(),
+                "refresh_token": refresh,
+                "scope": ",".join(self.scopes),
+                "server_endpoint": f"{self.url}/rest/",
+                "status": "L",
+                "user_id": self.webhook_user,
+            },
+        )
