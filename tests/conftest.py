@@ -70,8 +70,16 @@ class Env:
             con.close()
 
 
+FAST_CONFIG = "[bitrix24]\nrate_limit = 1000.0\nburst = 1000\n"
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> Env:
+def env(tmp_path: Path, isolated: Path) -> Env:
+    """Paths for a sync, and an ./imgsync.toml with limits to match the fast test portals.
+
+    The client's defaults (2 requests/s) are right for a real portal but would make every test wait.
+    """
+    (isolated / "imgsync.toml").write_text(FAST_CONFIG)
     return Env(tmp_path, tmp_path / "images", tmp_path / "state" / "imgsync.db")
 
 
