@@ -81,8 +81,9 @@ def classify(status: int, payload: Mapping[str, Any]) -> ImgsyncError:
     if name in _TRANSIENT:
         return TransientError(text, code=str(code), status=status)
     if name == "overload_limit":
-        return PortalUnavailable(f"the portal has blocked REST calls (OVERLOAD_LIMIT): {description}; "
-                                 "contact Bitrix24 support")
+        return PortalUnavailable(
+            f"the portal has blocked REST calls (OVERLOAD_LIMIT): {description}; contact Bitrix24 support"
+        )
     if name == "operation_time_limit":
         return OperationTimeLimit(text)
     if name in _AUTH_HINTS:
@@ -196,7 +197,9 @@ class WebhookAuth:
         return params, ""
 
     def renew(self, used: str) -> None:
-        raise AuthError("the portal answered expired_token to a webhook call: check the webhook's expiry date")
+        raise AuthError(
+            "the portal answered expired_token to a webhook call: check the webhook's expiry date"
+        )
 
 
 class OAuth:
@@ -281,8 +284,12 @@ class OAuth:
         last: Exception | None = None
         for attempt in range(policy.attempts):
             try:
-                resp = self.session.get(self.token_url, params=query, timeout=self.timeout,
-                                        headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
+                resp = self.session.get(
+                    self.token_url,
+                    params=query,
+                    timeout=self.timeout,
+                    headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                )
             except requests.RequestException as exc:
                 last = TransientError(f"token endpoint unreachable: {redact(str(exc))}")
             else:
@@ -432,8 +439,9 @@ class Client:
                 self.backoff(attempt)
                 continue
             return data
-        raise PortalUnavailable(f"the portal stayed unavailable after {self.retry.attempts} attempts "
-                                f"({method}: {last})")
+        raise PortalUnavailable(
+            f"the portal stayed unavailable after {self.retry.attempts} attempts ({method}: {last})"
+        )
 
     def _parse(self, resp: requests.Response) -> dict[str, Any]:
         try:
@@ -443,8 +451,9 @@ class Client:
         if not isinstance(data, dict):
             if resp.status_code >= 500 or resp.status_code == 429:
                 raise TransientError(f"HTTP {resp.status_code} without a JSON body", status=resp.status_code)
-            raise ImgsyncError(f"the portal answered HTTP {resp.status_code} without a JSON body "
-                               f"({redact_url(resp.url)})")
+            raise ImgsyncError(
+                f"the portal answered HTTP {resp.status_code} without a JSON body ({redact_url(resp.url)})"
+            )
         self._note_time(data.get("time"))
         if "error" in data:
             err = classify(resp.status_code, data)
@@ -488,7 +497,9 @@ class Client:
 
     def list_images(self, product_ids: Sequence[int]) -> dict[int, list[PortalImage] | ImageError]:
         """``catalog.productImage.list`` for up to 50 products in one ``batch``."""
-        commands = {f"p{n}": f"catalog.productImage.list?productId={pid}" for n, pid in enumerate(product_ids)}
+        commands = {
+            f"p{n}": f"catalog.productImage.list?productId={pid}" for n, pid in enumerate(product_ids)
+        }
         by_key = dict(zip(commands, product_ids, strict=True))
         out: dict[int, list[PortalImage] | ImageError] = {}
         for key, value in self.batch(commands).items():
@@ -500,7 +511,9 @@ class Client:
             if not isinstance(items, list):
                 out[pid] = ImageError("catalog.productImage.list: unexpected answer")
                 continue
-            out[pid] = [PortalImage.from_api(item, ImageRef(pid, 0)) for item in items if isinstance(item, dict)]
+            out[pid] = [
+                PortalImage.from_api(item, ImageRef(pid, 0)) for item in items if isinstance(item, dict)
+            ]
         return out
 
     def batch(self, commands: Mapping[str, str]) -> dict[str, Any]:
@@ -578,7 +591,9 @@ class Client:
                     raise PortalUnavailable("the portal has blocked REST calls (OVERLOAD_LIMIT)")
                 if code.upper() == "QUERY_LIMIT_EXCEEDED":
                     self.bucket.fill()
-                raise TransientError(f"download answered HTTP {status} {code}".strip(), code=code, status=status)
+                raise TransientError(
+                    f"download answered HTTP {status} {code}".strip(), code=code, status=status
+                )
             if status != 200:
                 raise ImageError(f"download answered HTTP {status}")
             yield _ResponseBody(resp, chunk_size, self.stop)

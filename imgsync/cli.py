@@ -126,8 +126,13 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (default: $IMGSYNC_CONFIG, else ./imgsync.toml if present).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: $IMGSYNC_CONFIG, else ./imgsync.toml if present).",
+)
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.version_option(__version__, prog_name="imgsync")
@@ -142,11 +147,24 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 
 @cli.command()
 @click.argument("pairs", nargs=-1, metavar="[PRODUCT_ID:IMAGE_ID]...")
-@click.option("--csv", "csv_paths", multiple=True, metavar="PATH",
-              help="CSV of product/image ids (repeatable; - reads stdin).")
-@click.option("--product", "products", multiple=True, type=click.IntRange(min=1), metavar="ID",
-              help="Every image of this product (repeatable).")
-@click.option("--webhook", default=None, metavar="URL", help="Incoming webhook URL (https://portal/rest/1/code/).")
+@click.option(
+    "--csv",
+    "csv_paths",
+    multiple=True,
+    metavar="PATH",
+    help="CSV of product/image ids (repeatable; - reads stdin).",
+)
+@click.option(
+    "--product",
+    "products",
+    multiple=True,
+    type=click.IntRange(min=1),
+    metavar="ID",
+    help="Every image of this product (repeatable).",
+)
+@click.option(
+    "--webhook", default=None, metavar="URL", help="Incoming webhook URL (https://portal/rest/1/code/)."
+)
 @click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the files go to.")
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
 @click.option("--s3/--no-s3", "s3", default=None, help="Upload to S3 (overrides s3.enabled).")
@@ -154,15 +172,33 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 @click.option("--s3-prefix", default=None)
 @click.option("--s3-endpoint-url", default=None, help="For MinIO, Ceph, R2, ...")
 @click.option("--force", is_flag=True, help="Download and upload even if unchanged.")
-@click.option("--dry-run", is_flag=True, help="Fetch metadata, print what would be done and why, change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Fetch metadata, print what would be done and why, change nothing."
+)
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="Parallel downloads (default 4).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal).")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout at the end.")
 @click.pass_context
-def sync(ctx: click.Context, pairs: tuple[str, ...], csv_paths: tuple[str, ...], products: tuple[int, ...],
-         webhook: str | None, dest: str | None, db: str | None, s3: bool | None, s3_bucket: str | None,
-         s3_prefix: str | None, s3_endpoint_url: str | None, force: bool, dry_run: bool, workers: int | None,
-         progress: bool | None, as_json: bool) -> None:
+def sync(
+    ctx: click.Context,
+    pairs: tuple[str, ...],
+    csv_paths: tuple[str, ...],
+    products: tuple[int, ...],
+    webhook: str | None,
+    dest: str | None,
+    db: str | None,
+    s3: bool | None,
+    s3_bucket: str | None,
+    s3_prefix: str | None,
+    s3_endpoint_url: str | None,
+    force: bool,
+    dry_run: bool,
+    workers: int | None,
+    progress: bool | None,
+    as_json: bool,
+) -> None:
     """Fetch metadata, download new or changed images, record them, optionally upload to S3."""
     if not (pairs or csv_paths or products):
         raise click.UsageError("nothing to sync: give PRODUCT_ID:IMAGE_ID pairs, --csv PATH or --product ID")
@@ -172,10 +208,25 @@ def sync(ctx: click.Context, pairs: tuple[str, ...], csv_paths: tuple[str, ...],
     bar = _TqdmProgress(show_bar)
     summary: Summary | None = None
     with _handle_errors():
-        settings = _settings(ctx, webhook_url=webhook, dest=dest, db=db, s3_enabled=s3, s3_bucket=s3_bucket,
-                             s3_prefix=s3_prefix, s3_endpoint_url=s3_endpoint_url, workers=workers)
-        request = Request(pairs=pairs, csv_paths=csv_paths, products=products, force=force, dry_run=dry_run,
-                          stdin=sys.stdin.buffer)
+        settings = _settings(
+            ctx,
+            webhook_url=webhook,
+            dest=dest,
+            db=db,
+            s3_enabled=s3,
+            s3_bucket=s3_bucket,
+            s3_prefix=s3_prefix,
+            s3_endpoint_url=s3_endpoint_url,
+            workers=workers,
+        )
+        request = Request(
+            pairs=pairs,
+            csv_paths=csv_paths,
+            products=products,
+            force=force,
+            dry_run=dry_run,
+            stdin=sys.stdin.buffer,
+        )
         on_plan = _plan_printer() if dry_run and not as_json else None
         with _stop_on_signals() as (stop, received):
             try:
@@ -184,8 +235,10 @@ def sync(ctx: click.Context, pairs: tuple[str, ...], csv_paths: tuple[str, ...],
                 summary = getattr(exc, "summary", None)
                 code = 128 + received[0] if received else exc.exit_code
                 _finish(summary, as_json, dry_run, ctx.obj["quiet"], bar, error=exc.message, code=code)
-                click.echo(f"imgsync: stopped: {exc.message}; what finished is recorded, run again to continue",
-                           err=True)
+                click.echo(
+                    f"imgsync: stopped: {exc.message}; what finished is recorded, run again to continue",
+                    err=True,
+                )
                 sys.exit(code)
             except ImgsyncError as exc:
                 bar.close()
@@ -214,8 +267,16 @@ def _emit_json(summary: Summary, *, error: str | None = None, code: int | None =
     click.echo(json.dumps(data))
 
 
-def _finish(summary: Summary | None, as_json: bool, dry_run: bool, quiet: bool, bar: _TqdmProgress, *,
-            error: str | None = None, code: int | None = None) -> None:
+def _finish(
+    summary: Summary | None,
+    as_json: bool,
+    dry_run: bool,
+    quiet: bool,
+    bar: _TqdmProgress,
+    *,
+    error: str | None = None,
+    code: int | None = None,
+) -> None:
     bar.close()
     if summary is None:
         return
@@ -243,7 +304,9 @@ def _finish(summary: Summary | None, as_json: bool, dry_run: bool, quiet: bool, 
 @cli.command()
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@click.option("--runs", "n_runs", type=click.IntRange(1, 1000), default=5, help="How many recent runs to show.")
+@click.option(
+    "--runs", "n_runs", type=click.IntRange(1, 1000), default=5, help="How many recent runs to show."
+)
 @click.pass_context
 def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> None:
     """Summarise the state database: counts by status, the last runs."""
@@ -254,11 +317,25 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
         with Store(settings.db, create=False) as store:
             counts = store.counts_by_status()
             runs = store.last_runs(n_runs)
-            totals = next(iter(store.db.query(
-                "select count(*) as images, coalesce(sum(size), 0) as bytes from images where status = 'ok'")))
+            totals = next(
+                iter(
+                    store.db.query(
+                        "select count(*) as images, coalesce(sum(size), 0) as bytes from images where status = 'ok'"
+                    )
+                )
+            )
         if as_json:
-            click.echo(json.dumps({"db": str(settings.db), "images": counts, "total": sum(counts.values()),
-                                   "bytes_ok": totals["bytes"], "runs": runs}))
+            click.echo(
+                json.dumps(
+                    {
+                        "db": str(settings.db),
+                        "images": counts,
+                        "total": sum(counts.values()),
+                        "bytes_ok": totals["bytes"],
+                        "runs": runs,
+                    }
+                )
+            )
             return
         click.echo(f"database: {settings.db}")
         click.echo(f"images:   {sum(counts.values())} ({totals['bytes']} bytes backed up)")
@@ -277,8 +354,14 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
 
 
 @cli.command()
-@click.option("--dir", "folder", type=click.Path(file_okay=False), default="imgsync-demo", show_default=True,
-              help="Where the demo's files and database go.")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False),
+    default="imgsync-demo",
+    show_default=True,
+    help="Where the demo's files and database go.",
+)
 @click.option("--products", type=click.IntRange(1, 1000), default=8, show_default=True)
 @click.option("--s3", "with_s3", is_flag=True, help="Also upload to a local S3 server (needs moto[server]).")
 @click.pass_context

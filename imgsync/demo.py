@@ -28,11 +28,20 @@ def png(width: int, height: int, seed: int) -> bytes:
             rows += bytes(((r0 + x * 2) % 256, (g0 + y * 2) % 256, (b0 + (x + y)) % 256))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(rows), 6)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(rows), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def demo_catalog(products: int = 8, images_per_product: int = 3) -> list[CatalogImage]:
@@ -43,19 +52,29 @@ def demo_catalog(products: int = 8, images_per_product: int = 3) -> list[Catalog
         for n in range(images_per_product):
             image_id += 1
             kind = "DETAIL_PICTURE" if n == 0 else "MORE_PHOTO"
-            out.append(CatalogImage(product_id=101 + p, image_id=image_id, name=f"product-{101 + p}-{n + 1}.png",
-                                    type=kind, content=png(96, 64, image_id)))
+            out.append(
+                CatalogImage(
+                    product_id=101 + p,
+                    image_id=image_id,
+                    name=f"product-{101 + p}-{n + 1}.png",
+                    type=kind,
+                    content=png(96, 64, image_id),
+                )
+            )
     return out
 
 
 def _line(summary: Summary) -> str:
-    return (f"requested {summary.requested}, downloaded {summary.downloaded}, unchanged {summary.unchanged}, "
-            f"uploaded {summary.uploaded}, missing {summary.missing}, failed {summary.failed} "
-            f"in {summary.duration_s:.2f} s")
+    return (
+        f"requested {summary.requested}, downloaded {summary.downloaded}, unchanged {summary.unchanged}, "
+        f"uploaded {summary.uploaded}, missing {summary.missing}, failed {summary.failed} "
+        f"in {summary.duration_s:.2f} s"
+    )
 
 
-def run_demo(folder: Path, *, products: int = 8, with_s3: bool = False,
-             echo: Callable[[str], None] = print) -> tuple[Summary, Summary]:
+def run_demo(
+    folder: Path, *, products: int = 8, with_s3: bool = False, echo: Callable[[str], None] = print
+) -> tuple[Summary, Summary]:
     """Run the demo into ``folder``; return the two summaries."""
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,8 +94,10 @@ def run_demo(folder: Path, *, products: int = 8, with_s3: bool = False,
             echo(f"first run:  {_line(first)}")
             second = run_sync(settings, Request(pairs=pairs))
             echo(f"second run: {_line(second)}")
-            echo(f"portal requests: {portal.stats.requests} in all, "
-                 f"{portal.stats.by_method.get('batch', 0)} batch calls, {portal.stats.downloads_served} downloads")
+            echo(
+                f"portal requests: {portal.stats.requests} in all, "
+                f"{portal.stats.by_method.get('batch', 0)} batch calls, {portal.stats.downloads_served} downloads"
+            )
         finally:
             if s3_server is not None:
                 s3_server.stop()

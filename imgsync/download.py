@@ -22,7 +22,14 @@ from .models import ImageRef
 MAX_NAME_BYTES = 150
 TEMP_SUFFIX = ".part"
 _RESERVED = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+_WINDOWS_DEVICES = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(10)),
+    *(f"LPT{i}" for i in range(10)),
+}
 # Errors that mean no later write to dest can succeed either: the run stops instead of failing every image.
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -102,7 +109,9 @@ def save_stream(
                     digest.update(chunk)
                     size += len(chunk)
             if expected_size is not None and size != expected_size:
-                raise TransientError(f"download truncated: got {size} of {expected_size} bytes", code="TRUNCATED")
+                raise TransientError(
+                    f"download truncated: got {size} of {expected_size} bytes", code="TRUNCATED"
+                )
             if size == 0:
                 raise TransientError("download was empty", code="EMPTY")
             out.flush()

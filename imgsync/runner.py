@@ -93,8 +93,12 @@ def make_uploader(settings: Settings) -> Uploader | None:
         return None
     from .s3 import S3Uploader  # boto3 is slow to import: only when S3 is on
 
-    return S3Uploader(bucket=settings.s3_bucket, prefix=settings.s3_prefix,
-                      endpoint_url=settings.s3_endpoint_url or None, workers=settings.workers)
+    return S3Uploader(
+        bucket=settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint_url=settings.s3_endpoint_url or None,
+        workers=settings.workers,
+    )
 
 
 def run_sync(
@@ -110,7 +114,9 @@ def run_sync(
     stop = stop or threading.Event()
     validate_for_sync(settings)
     if not settings.keep_local and not settings.s3_enabled:
-        raise ConfigError("storage.keep_local = false needs S3 (s3.enabled = true): the files would go nowhere")
+        raise ConfigError(
+            "storage.keep_local = false needs S3 (s3.enabled = true): the files would go nowhere"
+        )
     with ExitStack() as stack:
         # 1. Every input is read and validated before anything else happens.
         pairs: PairSet = stack.enter_context(collect_inputs(request.pairs, request.csv_paths, request.stdin))
@@ -118,12 +124,24 @@ def run_sync(
             stack.enter_context(run_lock(settings.db))
         store = stack.enter_context(Store(settings.db, create=not request.dry_run))
         uploader = make_uploader(settings)
-        client = Client(make_auth(settings, store), rate_limit=settings.rate_limit, burst=settings.burst,
-                        timeout=settings.timeout, workers=settings.workers, stop=stop)
+        client = Client(
+            make_auth(settings, store),
+            rate_limit=settings.rate_limit,
+            burst=settings.burst,
+            timeout=settings.timeout,
+            workers=settings.workers,
+            stop=stop,
+        )
         if uploader is not None:
             uploader.check()
-        opts = SyncOptions(dest=settings.dest, force=request.force, dry_run=request.dry_run,
-                           workers=settings.workers, keep_local=settings.keep_local, uploader=uploader)
+        opts = SyncOptions(
+            dest=settings.dest,
+            force=request.force,
+            dry_run=request.dry_run,
+            workers=settings.workers,
+            keep_local=settings.keep_local,
+            uploader=uploader,
+        )
         syncer = Syncer(client, store, opts, progress=progress.advance, on_plan=on_plan, stop=stop)
         extra: list[Plan] = []
         if request.products:
@@ -135,13 +153,14 @@ def run_sync(
     raise AssertionError("unreachable")
 
 
-def _expand_products(client: Client, store: Store, pairs: PairSet, products: Sequence[int],
-                     syncer: Syncer) -> list[Plan]:
+def _expand_products(
+    client: Client, store: Store, pairs: PairSet, products: Sequence[int], syncer: Syncer
+) -> list[Plan]:
     """Add every image of the products to ``pairs``; return plans for recorded images no longer listed."""
     unique = list(dict.fromkeys(products))
     extra: list[Plan] = []
     for start in range(0, len(unique), BATCH_SIZE):
-        listed = client.list_images(unique[start:start + BATCH_SIZE])
+        listed = client.list_images(unique[start : start + BATCH_SIZE])
         for pid, images in listed.items():
             if isinstance(images, ImageError):
                 log.warning("product %s: %s", pid, images.message)
@@ -150,4 +169,3 @@ def _expand_products(client: Client, store: Store, pairs: PairSet, products: Seq
             pairs.add_many(ImageRef(pid, img.image_id) for img in images)
         extra.extend(missing_for_products(store, listed))
     return extra
-

@@ -80,7 +80,15 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
     )
     db.table("events").create(
-        {"id": int, "run_id": int, "product_id": int, "image_id": int, "action": str, "detail": str, "at": str},
+        {
+            "id": int,
+            "run_id": int,
+            "product_id": int,
+            "image_id": int,
+            "action": str,
+            "detail": str,
+            "at": str,
+        },
         pk="id",
         foreign_keys=[("run_id", "runs", "id")],
     )
@@ -128,11 +136,15 @@ class Store:
             self.migrate()
             result = self.db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"{self.path}: the state database cannot be used ({exc}); "
-                             "restore it from a backup or move it aside to start afresh") from None
+            raise StateError(
+                f"{self.path}: the state database cannot be used ({exc}); "
+                "restore it from a backup or move it aside to start afresh"
+            ) from None
         if not result or result[0] != "ok":
-            raise StateError(f"{self.path}: the state database is corrupt ({result[0] if result else '?'}); "
-                             "restore it from a backup or move it aside to start afresh")
+            raise StateError(
+                f"{self.path}: the state database is corrupt ({result[0] if result else '?'}); "
+                "restore it from a backup or move it aside to start afresh"
+            )
 
     def __enter__(self) -> Store:
         return self
@@ -177,7 +189,9 @@ class Store:
 
     def rows_of_product(self, product_id: int) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db.query("select * from images where product_id = ? order by image_id", [product_id]))
+            return list(
+                self.db.query("select * from images where product_id = ? order by image_id", [product_id])
+            )
 
     def iter_images(self, where: str = "", params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
         sql = "select * from images" + (f" where {where}" if where else "") + " order by product_id, image_id"
@@ -192,14 +206,21 @@ class Store:
         with self._lock, self.db.conn as conn:
             for rec in records:
                 if rec.fields is not None:
-                    row = {"product_id": rec.ref.product_id, "image_id": rec.ref.image_id, **rec.fields,
-                           "last_checked_at": now}
+                    row = {
+                        "product_id": rec.ref.product_id,
+                        "image_id": rec.ref.image_id,
+                        **rec.fields,
+                        "last_checked_at": now,
+                    }
                     if row.get("status") == "ok":
                         row["first_synced_at"] = now
                     cols = list(row)
                     updates = ", ".join(
-                        f"{c} = coalesce(images.{c}, excluded.{c})" if c == "first_synced_at" else f"{c} = excluded.{c}"
-                        for c in cols if c not in ("product_id", "image_id")
+                        f"{c} = coalesce(images.{c}, excluded.{c})"
+                        if c == "first_synced_at"
+                        else f"{c} = excluded.{c}"
+                        for c in cols
+                        if c not in ("product_id", "image_id")
                     )
                     conn.execute(
                         f"insert into images ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
@@ -222,11 +243,14 @@ class Store:
             return int(table.last_pk or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, Any], exit_code: int, error: str = "") -> None:
-        fields = {k: counts.get(k) for k in ("requested", "downloaded", "unchanged", "uploaded", "missing",
-                                            "failed", "duration_s")}
+        fields = {
+            k: counts.get(k)
+            for k in ("requested", "downloaded", "unchanged", "uploaded", "missing", "failed", "duration_s")
+        }
         with self._lock, self.db.conn:
-            self.db.table("runs").update(run_id, {**fields, "finished_at": utcnow(), "exit_code": exit_code,
-                                            "error": error or None})
+            self.db.table("runs").update(
+                run_id, {**fields, "finished_at": utcnow(), "exit_code": exit_code, "error": error or None}
+            )
 
     def last_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         with self._lock:
@@ -234,8 +258,12 @@ class Store:
 
     def counts_by_status(self) -> dict[str, int]:
         with self._lock:
-            return {r["status"]: r["n"] for r in
-                    self.db.query("select status, count(*) as n from images group by status order by status")}
+            return {
+                r["status"]: r["n"]
+                for r in self.db.query(
+                    "select status, count(*) as n from images group by status order by status"
+                )
+            }
 
     # -- OAuth tokens -----------------------------------------------------------------------------
     def load_tokens(self, key: str) -> dict[str, Any] | None:
@@ -245,9 +273,16 @@ class Store:
 
     def save_tokens(self, key: str, access_token: str, refresh_token: str, seed: str) -> None:
         with self._lock, self.db.conn:
-            self.db.table("oauth_tokens").upsert({"key": key, "access_token": access_token,
-                                            "refresh_token": refresh_token, "seed": seed,
-                                            "updated_at": utcnow()}, pk="key")
+            self.db.table("oauth_tokens").upsert(
+                {
+                    "key": key,
+                    "access_token": access_token,
+                    "refresh_token": refresh_token,
+                    "seed": seed,
+                    "updated_at": utcnow(),
+                },
+                pk="key",
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -263,8 +298,10 @@ def _check_header(path: Path) -> None:
     except OSError as exc:
         raise StateError(f"{path}: cannot read the state database ({exc.strerror})") from None
     if head and head != SQLITE_MAGIC:
-        raise StateError(f"{path}: not an SQLite database; refusing to start afresh over it "
-                         "(restore it from a backup or move it aside)")
+        raise StateError(
+            f"{path}: not an SQLite database; refusing to start afresh over it "
+            "(restore it from a backup or move it aside)"
+        )
 
 
 @contextmanager

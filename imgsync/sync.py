@@ -97,8 +97,10 @@ class Summary:
     failures: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in (
-            "run_id", "requested", "downloaded", "unchanged", "uploaded", "missing", "failed")}
+        out: dict[str, Any] = {
+            k: getattr(self, k)
+            for k in ("run_id", "requested", "downloaded", "unchanged", "uploaded", "missing", "failed")
+        }
         out["duration_s"] = round(self.duration_s, 3)
         if self.error:
             out["error"] = self.error
@@ -108,10 +110,14 @@ class Summary:
         return self.as_json()
 
 
-def decide(ref: ImageRef, found: PortalImage | ImageError, row: dict[str, Any] | None, opts: SyncOptions) -> Plan:
+def decide(
+    ref: ImageRef, found: PortalImage | ImageError, row: dict[str, Any] | None, opts: SyncOptions
+) -> Plan:
     """The contract's skip rule, for one image. Pure but for a stat of the local file."""
     if isinstance(found, ImageGone):
-        reason = "gone upstream; the backup is kept" if row and row.get("sha256") else "not found on the portal"
+        reason = (
+            "gone upstream; the backup is kept" if row and row.get("sha256") else "not found on the portal"
+        )
         return Plan(ref, MISSING, reason, None, row)
     if isinstance(found, ImageError):
         return Plan(ref, FAILED, found.message, None, row)
@@ -120,9 +126,19 @@ def decide(ref: ImageRef, found: PortalImage | ImageError, row: dict[str, Any] |
         return Plan(ref, DOWNLOAD, "new", image, row)
     if opts.force:
         return Plan(ref, DOWNLOAD, "forced", image, row)
-    recorded = (row.get("name") or "", row.get("type") or "", row.get("create_time") or "", row.get("detail_url") or "")
-    changed = [label for label, old, new in zip(("name", "type", "createTime", "detailUrl"), recorded,
-                                                 image.fingerprint(), strict=True) if old != new]
+    recorded = (
+        row.get("name") or "",
+        row.get("type") or "",
+        row.get("create_time") or "",
+        row.get("detail_url") or "",
+    )
+    changed = [
+        label
+        for label, old, new in zip(
+            ("name", "type", "createTime", "detailUrl"), recorded, image.fingerprint(), strict=True
+        )
+        if old != new
+    ]
     if changed:
         return Plan(ref, DOWNLOAD, "changed: " + ", ".join(changed), image, row)
     local = bool(row.get("local_path")) and file_matches(opts.dest / row["local_path"], row.get("size"))
@@ -186,8 +202,12 @@ class Syncer:
             if not self.summary.exit_code:
                 self.summary.exit_code = 1 if self.summary.failed else 0
             if not dry and self.summary.run_id is not None:
-                self.store.finish_run(self.summary.run_id, self.summary.counts(), self.summary.exit_code,
-                                      self.summary.error or "")
+                self.store.finish_run(
+                    self.summary.run_id,
+                    self.summary.counts(),
+                    self.summary.exit_code,
+                    self.summary.error or "",
+                )
         return self.summary
 
     def _pipeline(self, chunks: Iterator[list[ImageRef]]) -> None:
@@ -205,7 +225,11 @@ class Syncer:
             while True:
                 if self.stop.is_set():
                     raise Interrupted("interrupted")
-                while not exhausted and len(meta) < workers and len(work) + BATCH_SIZE * len(meta) < backlog_limit:
+                while (
+                    not exhausted
+                    and len(meta) < workers
+                    and len(work) + BATCH_SIZE * len(meta) < backlog_limit
+                ):
                     chunk = next(chunks, None)
                     if chunk is None:
                         exhausted = True
@@ -223,7 +247,9 @@ class Syncer:
                         try:
                             record = fut.result()
                         except ImgsyncError as exc:
-                            if isinstance(exc, AuthError | PortalUnavailable | LocalStorageError | Interrupted):
+                            if isinstance(
+                                exc, AuthError | PortalUnavailable | LocalStorageError | Interrupted
+                            ):
                                 raise
                             record = self._failed(plan, exc)
                         self._record(record)
@@ -244,16 +270,22 @@ class Syncer:
             if fatal is not None and not isinstance(fatal, ImgsyncError):
                 log.debug("stopped by %r", fatal)
 
-    def _plan_chunk(self, chunk: list[ImageRef], found: dict[ImageRef, PortalImage | ImageError],
-                    work: dict[Future[Record], Plan], pool: ThreadPoolExecutor) -> None:
+    def _plan_chunk(
+        self,
+        chunk: list[ImageRef],
+        found: dict[ImageRef, PortalImage | ImageError],
+        work: dict[Future[Record], Plan],
+        pool: ThreadPoolExecutor,
+    ) -> None:
         rows = self.store.rows_for(chunk)
         for ref in chunk:
             result = found.get(ref) or ImageError("no answer from the portal")
             plan = decide(ref, result, rows.get(ref), self.opts)
             self._handle_plan(plan, (work, pool))
 
-    def _handle_plan(self, plan: Plan, executor: tuple[dict[Future[Record], Plan], ThreadPoolExecutor] | None
-                     ) -> None:
+    def _handle_plan(
+        self, plan: Plan, executor: tuple[dict[Future[Record], Plan], ThreadPoolExecutor] | None
+    ) -> None:
         if self.on_plan is not None:
             self.on_plan(plan)
         if self.opts.dry_run:
@@ -330,9 +362,16 @@ class Syncer:
         row = plan.row or {}
         now = utcnow()
         fields: dict[str, Any] = {
-            "name": image.name, "type": image.type, "create_time": image.create_time,
-            "detail_url": image.detail_url, "sha256": sha256, "size": size,
-            "content_type": content_type or None, "local_path": relative, "status": "ok", "error": None,
+            "name": image.name,
+            "type": image.type,
+            "create_time": image.create_time,
+            "detail_url": image.detail_url,
+            "sha256": sha256,
+            "size": size,
+            "content_type": content_type or None,
+            "local_path": relative,
+            "status": "ok",
+            "error": None,
         }
         if row.get("sha256") != sha256:
             fields["last_changed_at"] = now
@@ -350,13 +389,18 @@ class Syncer:
         assert plan.image is not None and plan.row is not None
         row = plan.row
         relative = row["local_path"]
-        record = Record(plan.ref, "unchanged", plan.reason, {"status": "ok", "error": None,
-                                                              "sha256": row["sha256"], "size": row["size"]})
+        record = Record(
+            plan.ref,
+            "unchanged",
+            plan.reason,
+            {"status": "ok", "error": None, "sha256": row["sha256"], "size": row["size"]},
+        )
         self._ensure_uploaded(record, self.opts.dest / relative, relative, row, force=False)
         return record
 
-    def _ensure_uploaded(self, record: Record, path: Path, relative: str, row: dict[str, Any], *,
-                         force: bool) -> None:
+    def _ensure_uploaded(
+        self, record: Record, path: Path, relative: str, row: dict[str, Any], *, force: bool
+    ) -> None:
         """Put the file in S3 unless the same bytes are already there; update ``record`` in place."""
         uploader = self.opts.uploader
         assert uploader is not None and record.fields is not None
@@ -373,8 +417,9 @@ class Syncer:
                 if existing and existing.get("sha256") == sha256 and existing.get("size") == size:
                     etag, sent = existing.get("etag"), False
                 else:
-                    etag = uploader.put(path, key, sha256=sha256, size=size, content_type=content_type,
-                                        ref=record.ref)
+                    etag = uploader.put(
+                        path, key, sha256=sha256, size=size, content_type=content_type, ref=record.ref
+                    )
                     sent = True
         except UploadError as exc:
             fields["status"] = "failed"

@@ -59,7 +59,16 @@ class Env:
     db: Path
 
     def args(self, portal: Portal, *extra: str) -> list[str]:
-        return ["sync", "--webhook", portal.webhook_url, "--dest", str(self.dest), "--db", str(self.db), *extra]
+        return [
+            "sync",
+            "--webhook",
+            portal.webhook_url,
+            "--dest",
+            str(self.dest),
+            "--db",
+            str(self.db),
+            *extra,
+        ]
 
     def rows(self, table: str = "images") -> list[dict[str, Any]]:
         con = sqlite3.connect(self.db)
@@ -89,13 +98,20 @@ def invoke(args: list[str], input: str | bytes | None = None) -> Result:
     return runner.invoke(cli, args, input=input, catch_exceptions=False)
 
 
-def run_cli(args: list[str], *, input: bytes | None = None, timeout: float = 120,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], *, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed CLI as a real subprocess, as cron would."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSYNC_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "imgsync", *args], input=input.decode() if input else None,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "imgsync", *args],
+        input=input.decode() if input else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def summary_of(stdout: str) -> dict[str, Any]:

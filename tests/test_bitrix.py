@@ -17,32 +17,37 @@ from imgsync.errors import (
 )
 
 
-@pytest.mark.parametrize(("status", "payload", "kind"), [
-    (401, {"error": "expired_token"}, TokenExpired),
-    (503, {"error": "QUERY_LIMIT_EXCEEDED"}, TransientError),
-    (503, {"error": "OVERLOAD_LIMIT"}, PortalUnavailable),
-    (429, {"error": "OPERATION_TIME_LIMIT"}, OperationTimeLimit),
-    (500, {"error": "INTERNAL_SERVER_ERROR"}, TransientError),
-    (401, {"error": "NO_AUTH_FOUND", "error_description": "Wrong authorization data"}, AuthError),
-    # The SDK and the docs disagree on statuses: the code decides.
-    (401, {"error": "insufficient_scope"}, AuthError),
-    (403, {"error": "insufficient_scope"}, AuthError),
-    (410, {"error": "PORTAL_DELETED"}, AuthError),
-    (404, {"error": "ERROR_METHOD_NOT_FOUND"}, AuthError),
-    (400, {"error": 200040300010, "error_description": "Access Denied"}, ImageDenied),
-    (400, {"error": "200040300010", "error_description": "Access Denied"}, ImageDenied),
-    (400, {"error": 0, "error_description": "Image is not found"}, ImageGone),
-    (400, {"error": 0, "error_description": "product NOT FOUND"}, ImageGone),
-    (400, {"error": 0, "error_description": "Internal error"}, ImageError),
-    (502, {"error": "SOMETHING_NEW"}, TransientError),
-])
+@pytest.mark.parametrize(
+    ("status", "payload", "kind"),
+    [
+        (401, {"error": "expired_token"}, TokenExpired),
+        (503, {"error": "QUERY_LIMIT_EXCEEDED"}, TransientError),
+        (503, {"error": "OVERLOAD_LIMIT"}, PortalUnavailable),
+        (429, {"error": "OPERATION_TIME_LIMIT"}, OperationTimeLimit),
+        (500, {"error": "INTERNAL_SERVER_ERROR"}, TransientError),
+        (401, {"error": "NO_AUTH_FOUND", "error_description": "Wrong authorization data"}, AuthError),
+        # The SDK and the docs disagree on statuses: the code decides.
+        (401, {"error": "insufficient_scope"}, AuthError),
+        (403, {"error": "insufficient_scope"}, AuthError),
+        (410, {"error": "PORTAL_DELETED"}, AuthError),
+        (404, {"error": "ERROR_METHOD_NOT_FOUND"}, AuthError),
+        (400, {"error": 200040300010, "error_description": "Access Denied"}, ImageDenied),
+        (400, {"error": "200040300010", "error_description": "Access Denied"}, ImageDenied),
+        (400, {"error": 0, "error_description": "Image is not found"}, ImageGone),
+        (400, {"error": 0, "error_description": "product NOT FOUND"}, ImageGone),
+        (400, {"error": 0, "error_description": "Internal error"}, ImageError),
+        (502, {"error": "SOMETHING_NEW"}, TransientError),
+    ],
+)
 def test_classify_by_code(status: int, payload: dict[str, object], kind: type) -> None:
     err = classify(status, payload)
     assert type(err) is kind
 
 
 def test_classify_never_repeats_a_secret_from_the_description() -> None:
-    err = classify(400, {"error": 0, "error_description": "bad link https://p/rest/download.json?auth=SeCrEtToKeN1"})
+    err = classify(
+        400, {"error": 0, "error_description": "bad link https://p/rest/download.json?auth=SeCrEtToKeN1"}
+    )
     assert "SeCrEtToKeN1" not in err.message
 
 

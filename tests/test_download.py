@@ -15,7 +15,7 @@ from imgsync.models import ImageRef
 
 def chunks(data: bytes, size: int = 7) -> Iterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 def test_save_stream_writes_verifies_and_hashes(tmp_path: Path) -> None:
@@ -27,12 +27,16 @@ def test_save_stream_writes_verifies_and_hashes(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["345-a.jpg"]
 
 
-@pytest.mark.parametrize(("data", "expected", "message"), [
-    (b"short", 10, "download truncated: got 5 of 10 bytes"),
-    (b"", None, "download was empty"),
-])
-def test_save_stream_leaves_nothing_on_a_bad_body(tmp_path: Path, data: bytes, expected: int | None,
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "expected", "message"),
+    [
+        (b"short", 10, "download truncated: got 5 of 10 bytes"),
+        (b"", None, "download was empty"),
+    ],
+)
+def test_save_stream_leaves_nothing_on_a_bad_body(
+    tmp_path: Path, data: bytes, expected: int | None, message: str
+) -> None:
     target = tmp_path / "1" / "2-x.png"
     with pytest.raises(TransientError, match=message):
         save_stream(chunks(data), target, expected_size=expected)
@@ -54,20 +58,23 @@ def test_save_stream_keeps_the_old_file_when_the_new_one_breaks(tmp_path: Path) 
     assert [p.name for p in target.parent.iterdir()] == ["2-x.png"]
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("photo.jpg", "photo.jpg"),
-    ("../../etc/passwd", "etcpasswd"),
-    ("/etc/x.jpg", "etcx.jpg"),
-    ("a\x00b.png", "ab.png"),
-    ("..", "image"),
-    ("", "image"),
-    ("dir\\sub\\file.png", "dirsubfile.png"),
-    ("CON", "_CON"),
-    ("nul.txt", "_nul.txt"),
-    ("what?*<>|:.jpg", "what.jpg"),
-    ("фото товара.jpg", "фото товара.jpg"),
-    (" .hidden. ", "hidden"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("photo.jpg", "photo.jpg"),
+        ("../../etc/passwd", "etcpasswd"),
+        ("/etc/x.jpg", "etcx.jpg"),
+        ("a\x00b.png", "ab.png"),
+        ("..", "image"),
+        ("", "image"),
+        ("dir\\sub\\file.png", "dirsubfile.png"),
+        ("CON", "_CON"),
+        ("nul.txt", "_nul.txt"),
+        ("what?*<>|:.jpg", "what.jpg"),
+        ("фото товара.jpg", "фото товара.jpg"),
+        (" .hidden. ", "hidden"),
+    ],
+)
 def test_safe_name(name: str, expected: str) -> None:
     assert safe_name(name) == expected
 

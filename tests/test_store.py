@@ -21,23 +21,60 @@ def test_blank_database_gets_the_final_schema(tmp_path: Path) -> None:
     applied = [r[0] for r in con.execute("select id from _migrations order by id")]
     assert applied == [number for number, _, _ in MIGRATIONS]
     columns = {row[1] for row in con.execute("pragma table_info(images)")}
-    assert {"product_id", "image_id", "name", "type", "create_time", "detail_url", "sha256", "size",
-            "content_type", "local_path", "s3_key", "s3_etag", "status", "error", "first_synced_at",
-            "last_checked_at", "last_changed_at"} <= columns
+    assert {
+        "product_id",
+        "image_id",
+        "name",
+        "type",
+        "create_time",
+        "detail_url",
+        "sha256",
+        "size",
+        "content_type",
+        "local_path",
+        "s3_key",
+        "s3_etag",
+        "status",
+        "error",
+        "first_synced_at",
+        "last_checked_at",
+        "last_changed_at",
+    } <= columns
     pk = [row[1] for row in sorted(con.execute("pragma table_info(images)"), key=lambda r: r[5]) if row[5]]
     assert pk == ["product_id", "image_id"]
-    assert {"id", "started_at", "finished_at", "exit_code", "requested", "downloaded", "unchanged", "uploaded",
-            "missing", "failed", "duration_s"} <= {row[1] for row in con.execute("pragma table_info(runs)")}
+    assert {
+        "id",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "requested",
+        "downloaded",
+        "unchanged",
+        "uploaded",
+        "missing",
+        "failed",
+        "duration_s",
+    } <= {row[1] for row in con.execute("pragma table_info(runs)")}
     assert {"run_id", "product_id", "image_id", "action", "detail", "at"} <= {
-        row[1] for row in con.execute("pragma table_info(events)")}
+        row[1] for row in con.execute("pragma table_info(events)")
+    }
 
 
 def test_save_upserts_and_keeps_first_synced_at(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db") as store:
         run = store.start_run()
         ref = ImageRef(1, 2)
-        store.save(run, [Record(ref, "downloaded", "", {"name": "a.jpg", "sha256": "aa", "size": 3,
-                                                         "status": "ok", "local_path": "1/2-a.jpg"})])
+        store.save(
+            run,
+            [
+                Record(
+                    ref,
+                    "downloaded",
+                    "",
+                    {"name": "a.jpg", "sha256": "aa", "size": 3, "status": "ok", "local_path": "1/2-a.jpg"},
+                )
+            ],
+        )
         first = store.rows_for([ref])[ref]
         store.save(run, [Record(ref, "missing", "gone", {"status": "missing", "error": "gone"})])
         row = store.rows_for([ref])[ref]
@@ -48,8 +85,11 @@ def test_save_upserts_and_keeps_first_synced_at(tmp_path: Path) -> None:
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     db_path = tmp_path / "s.db"
-    with run_lock(db_path), pytest.raises(AlreadyRunning, match="another imgsync sync is running"), \
-            run_lock(db_path):
+    with (
+        run_lock(db_path),
+        pytest.raises(AlreadyRunning, match="another imgsync sync is running"),
+        run_lock(db_path),
+    ):
         pass
     with run_lock(db_path):
         pass

@@ -162,10 +162,23 @@ def test_client_bucket_keeps_under_the_portal_limit(env: Env, tmp_path: Path) ->
     catalog = make_catalog(products=30, images_per_product=2, min_size=100, max_size=400, seed=2)
     with Portal(catalog, rate_limit=40.0, burst=10) as portal:
         config = tmp_path / "imgsync.toml"
-        config.write_text(f'[bitrix24]\nwebhook_url = "{portal.webhook_url}"\nrate_limit = 40.0\nburst = 10\n'
-                          "[sync]\nworkers = 8\n")
-        result = invoke(["--config", str(config), "sync", "--dest", str(env.dest), "--db", str(env.db), "--json",
-                         *all_pairs(portal)])
+        config.write_text(
+            f'[bitrix24]\nwebhook_url = "{portal.webhook_url}"\nrate_limit = 40.0\nburst = 10\n'
+            "[sync]\nworkers = 8\n"
+        )
+        result = invoke(
+            [
+                "--config",
+                str(config),
+                "sync",
+                "--dest",
+                str(env.dest),
+                "--db",
+                str(env.db),
+                "--json",
+                *all_pairs(portal),
+            ]
+        )
         assert result.exit_code == 0, result.stderr
         # The same limits on both sides: 62 requests, the client paces itself, the portal refuses none.
         assert portal.stats.requests == 60 + 2
@@ -193,7 +206,9 @@ def test_status_reports_counts_and_runs(env: Env, portal: Portal) -> None:
     gone = portal.images()[0]
     assert invoke(env.args(portal, *all_pairs(portal))).exit_code == 0
     portal.delete_image(gone.product_id, gone.image_id)
-    assert invoke(env.args(portal, *all_pairs(portal)[:1], f"{gone.product_id}:{gone.image_id}")).exit_code == 0
+    assert (
+        invoke(env.args(portal, *all_pairs(portal)[:1], f"{gone.product_id}:{gone.image_id}")).exit_code == 0
+    )
     result = invoke(["status", "--db", str(env.db), "--json"])
     assert result.exit_code == 0
     import json
