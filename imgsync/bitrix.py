@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -562,6 +562,15 @@ class Client:
         return out
 
     # -- downloads ----------------------------------------------------------------------------------
+    def fresh_image(
+        self, ref: ImageRef, refused_url: str = "", *, token_expired: bool = False
+    ) -> PortalImage:
+        """A new ``downloadUrl`` for ``ref``; when the old link's token expired, renew that token first."""
+        if token_expired:
+            used = parse_qs(urlsplit(refused_url).query).get("auth", [""])[0]
+            self.auth.renew(used)
+        return self.get_image(ref)
+
     @contextmanager
     def open_download(self, url: str, *, chunk_size: int = 256 * 1024) -> Iterator[Body]:
         """GET a ``downloadUrl`` through the bucket with the headers the docs ask for; one attempt.
@@ -578,15 +587,13 @@ class Client:
         resp = self._send("GET", url, headers=headers, stream=True)
         try:
             status = resp.status_code
+            code = _error_code(resp) if status != 200 else ""
             if status in (401, 403, 404, 410):
-                raise LinkRefused(f"download link refused (HTTP {status})")
+                if code.lower() == "expired_token":
+                    # The link lives as long as the access token inside it: renew that token first.
+                    raise TokenExpired(f"download link refused: its access token expired (HTTP {status})")
+                raise LinkRefused(f"download link refused (HTTP {status}{' ' + code if code else ''})")
             if status == 503 or status == 429 or status >= 500:
-                code = ""
-                if "json" in resp.headers.get("Content-Type", ""):
-                    try:
-                        code = str(resp.json().get("error", ""))
-                    except ValueError:
-                        code = ""
                 if code.upper() == "OVERLOAD_LIMIT":
                     raise PortalUnavailable("the portal has blocked REST calls (OVERLOAD_LIMIT)")
                 if code.upper() == "QUERY_LIMIT_EXCEEDED":
@@ -599,6 +606,17 @@ class Client:
             yield _ResponseBody(resp, chunk_size, self.stop)
         finally:
             resp.close()
+
+
+def _error_code(resp: requests.Response) -> str:
+    """The ``error`` of a JSON error body, or "" (a download's error may be HTML from nginx)."""
+    if "json" not in resp.headers.get("Content-Type", ""):
+        return ""
+    try:
+        data = resp.json()
+    except ValueError:
+        return ""
+    return str(data.get("error", "")) if isinstance(data, dict) else ""
 
 
 def _section(result: Any, name: str) -> dict[str, Any]:

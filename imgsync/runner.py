@@ -147,8 +147,12 @@ def run_sync(
         if request.products:
             extra = _expand_products(client, store, pairs, request.products, syncer)
         progress.total(len(pairs) + len(extra))
-        if pairs.duplicates:
-            log.info("%d duplicate pairs skipped", pairs.duplicates)
+        log.info(
+            "%d images to check (%d duplicate pairs skipped)%s",
+            len(pairs) + len(extra),
+            pairs.duplicates,
+            " [dry run]" if request.dry_run else "",
+        )
         return syncer.run(pairs.chunks(BATCH_SIZE), extra_plans=extra)
     raise AssertionError("unreachable")
 

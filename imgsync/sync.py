@@ -32,10 +32,12 @@ from .errors import (
     LinkRefused,
     LocalStorageError,
     PortalUnavailable,
+    TokenExpired,
     TransientError,
     UploadError,
 )
 from .models import ImageRef, PortalImage
+from .redact import redact_url
 from .store import Record, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -337,20 +339,27 @@ class Syncer:
         assert plan.image is not None
         image, ref = plan.image, plan.ref
         refreshed = False
-        attempt = 0
+        attempt = renewals = 0
         while True:
             relative = relative_path(ref, image.name)
             target = resolve_inside(self.opts.dest, relative)
+            log.debug("GET %s for %s", redact_url(image.download_url), ref)
             try:
                 with self.client.open_download(image.download_url) as body:
                     size, sha256 = save_stream(body.chunks(), target, expected_size=body.content_length)
                     content_type = body.content_type
                 break
+            except TokenExpired:
+                # Not the link's fault: renew the credential it carries and take a new link.
+                renewals += 1
+                if renewals > self.client.retry.attempts:
+                    raise DownloadFailed("download links kept expiring with their access token") from None
+                image = self.client.fresh_image(ref, image.download_url, token_expired=True)
             except LinkRefused as exc:
                 if refreshed:
                     raise DownloadFailed(f"{exc.message}, again with a fresh link") from None
                 refreshed = True
-                image = self.client.get_image(ref)
+                image = self.client.fresh_image(ref, image.download_url)
             except TransientError as exc:
                 attempt += 1
                 if attempt >= self.client.retry.attempts:
@@ -359,6 +368,7 @@ class Syncer:
                 if exc.code != "QUERY_LIMIT_EXCEEDED":
                     # The link may have been spent by the broken attempt: ask for a new one.
                     image = self.client.get_image(ref)
+        log.info("downloaded %s (%d bytes, %s)", ref, size, plan.reason)
         row = plan.row or {}
         now = utcnow()
         fields: dict[str, Any] = {

@@ -1,0 +1,143 @@
+"""OAuth renewal across runs, credential errors, and secrets kept out of every output."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from imgsync.emulator import Portal, make_catalog
+
+from .conftest import Env, all_pairs, invoke, summary_of
+
+
+def oauth_config(path: Path, portal: Portal, access: str, refresh: str) -> Path:
+    path.write_text(
+        "[bitrix24]\n"
+        f'portal_url = "{portal.url}"\n'
+        f'client_id = "{portal.client_id}"\n'
+        f'client_secret = "{portal.client_secret}"\n'
+        f'access_token = "{access}"\n'
+        f'refresh_token = "{refresh}"\n'
+        f'token_url = "{portal.token_url}"\n'
+        "rate_limit = 60.0\nburst = 10\n"
+    )
+    return path
+
+
+def sync_args(env: Env, config: Path, *extra: str) -> list[str]:
+    return ["--config", str(config), "sync", "--dest", str(env.dest), "--db", str(env.db), *extra]
+
+
+def test_oauth_token_expiring_mid_run_is_renewed_and_the_next_run_uses_the_new_pair(
+    env: Env, tmp_path: Path
+) -> None:
+    catalog = make_catalog(products=20, images_per_product=3, min_size=200, max_size=2000, seed=9)
+    # 60 downloads at 60 requests/s after a burst of 10: about a second, so a 0.3 s token expires mid-run.
+    with Portal(catalog, rate_limit=1000.0, burst=1000, access_token_ttl=0.3) as portal:
+        access, refresh = portal.issue_tokens()
+        config = oauth_config(tmp_path / "oauth.toml", portal, access, refresh)
+        result = invoke(sync_args(env, config, "--json", *all_pairs(portal)))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["downloaded"] == 60
+        renewals = portal.stats.by_method["oauth.token"]
+        assert renewals >= 1
+        con = sqlite3.connect(env.db)
+        saved_access, saved_refresh = con.execute(
+            "select access_token, refresh_token from oauth_tokens"
+        ).fetchone()
+        con.close()
+        assert saved_refresh != refresh  # rotated, and the old refresh token is now dead on the portal
+
+        # The config still holds the first pair, whose refresh token was used up: only the stored pair works.
+        portal.access_token_ttl = 3600.0
+        portal.expire_access_tokens()
+        portal.reset_stats()
+        result = invoke(sync_args(env, config, "--json", *all_pairs(portal)))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["unchanged"] == 60
+        assert portal.stats.by_method["oauth.token"] == 1  # renewed once, from the stored refresh token
+
+
+def test_refused_refresh_token_exits_3_saying_what_to_do(env: Env, tmp_path: Path) -> None:
+    with Portal(make_catalog(2, 2, seed=1), rate_limit=1000.0, burst=1000) as portal:
+        access, _ = portal.issue_tokens()
+        portal.expire_access_tokens()
+        config = oauth_config(tmp_path / "oauth.toml", portal, access, "not-a-valid-refresh-token")
+        result = invoke(sync_args(env, config, *all_pairs(portal)))
+        assert result.exit_code == 3
+        assert "refresh token was refused" in result.stderr
+        assert "authorize the application again" in result.stderr
+        assert portal.stats.downloads_served == 0
+
+
+def test_wrong_webhook_code_exits_3(env: Env, portal: Portal) -> None:
+    bad = portal.webhook_url.replace(portal.webhook_code, "wrongcode123")
+    result = invoke(
+        ["sync", "--webhook", bad, "--dest", str(env.dest), "--db", str(env.db), *all_pairs(portal)[:3]]
+    )
+    assert result.exit_code == 3
+    assert "wrong webhook code or access token" in result.stderr
+    assert "wrongcode123" not in result.stderr
+
+
+def test_missing_catalog_scope_exits_3(env: Env) -> None:
+    with Portal(make_catalog(1, 2, seed=1), rate_limit=1000.0, burst=1000, scopes=("crm",)) as portal:
+        result = invoke(env.args(portal, *all_pairs(portal)))
+    assert result.exit_code == 3
+    assert "'catalog' scope" in result.stderr
+
+
+def test_overload_limit_exits_4(env: Env, portal: Portal) -> None:
+    portal.overload = True
+    result = invoke(env.args(portal, "--json", *all_pairs(portal)[:3]))
+    assert result.exit_code == 4
+    assert "OVERLOAD_LIMIT" in result.stderr
+    assert summary_of(result.stdout)["exit_code"] == 4
+
+
+@pytest.mark.parametrize("verbosity", ["-v", "-vv"])
+def test_no_secret_in_any_output_or_table(env: Env, tmp_path: Path, verbosity: str) -> None:
+    catalog = make_catalog(products=5, images_per_product=2, min_size=100, max_size=500, seed=4)
+    with Portal(catalog, rate_limit=1000.0, burst=1000, access_token_ttl=0.2) as portal:
+        access, refresh = portal.issue_tokens()
+        config = oauth_config(tmp_path / "oauth.toml", portal, access, refresh)
+        portal.deny_product(catalog[0].product_id)
+        portal.expire_access_tokens()  # the run must renew, so renewed tokens pass through too
+        result = invoke([verbosity, *sync_args(env, config, *all_pairs(portal))])
+        webhook = invoke(
+            [
+                verbosity,
+                "sync",
+                "--webhook",
+                portal.webhook_url,
+                "--dest",
+                str(tmp_path / "w"),
+                "--db",
+                str(tmp_path / "w.db"),
+                "--force",
+                *all_pairs(portal),
+            ]
+        )
+        issued = list(portal._access)  # every access token the portal handed out, renewed ones included
+    assert result.exit_code == 1 and webhook.exit_code == 1
+    secrets = [access, refresh, portal.client_secret, portal.webhook_code, *issued]
+    con = sqlite3.connect(env.db)
+    tables = repr(con.execute("select * from runs").fetchall()) + repr(
+        con.execute("select * from events").fetchall()
+    )
+    con.close()
+    outputs = {
+        "oauth stdout": result.stdout,
+        "oauth stderr": result.stderr,
+        "webhook stdout": webhook.stdout,
+        "webhook stderr": webhook.stderr,
+        "runs/events": tables,
+    }
+    assert "downloaded 101:" in result.stderr  # the logs did speak
+    assert len(issued) > 1  # tokens were renewed during the run
+    for where, text in outputs.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret leaked into {where}"
+        assert "auth=" not in text.replace("auth=***", ""), f"an auth= value leaked into {where}"
