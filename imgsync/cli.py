@@ -38,6 +38,11 @@ class _TqdmProgress(Progress):
 
             self.bar = tqdm(total=n, unit="img", file=sys.stderr, dynamic_ncols=True, desc="imgsync")
 
+    def extend(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
     def advance(self, action: str) -> None:
         if self.bar is not None:
             self.bar.update(1)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import chain
 from typing import BinaryIO, TextIO
 
 from .bitrix import BATCH_SIZE, Auth, Client, OAuth, WebhookAuth
 from .config import Settings, validate_for_sync
-from .errors import ConfigError, ImageError
+from .errors import ConfigError
 from .inputs import PairSet, collect_inputs
 from .models import ImageRef
 from .store import Store, run_lock
-from .sync import Plan, Summary, Syncer, SyncOptions, Uploader, missing_for_products
+from .sync import Plan, ProductChunk, Summary, Syncer, SyncOptions, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class Progress:
 
     def advance(self, action: str) -> None:
         """One image is done (or planned, in a dry run)."""
+
+    def extend(self, n: int) -> None:
+        """``n`` more images became known (the images of listed products)."""
 
 
 def token_key(settings: Settings) -> str:
@@ -142,34 +146,29 @@ def run_sync(
             keep_local=settings.keep_local,
             uploader=uploader,
         )
-        syncer = Syncer(client, store, opts, progress=progress.advance, on_plan=on_plan, stop=stop)
-        extra: list[Plan] = []
-        if request.products:
-            extra = _expand_products(client, store, pairs, request.products, syncer)
-        progress.total(len(pairs) + len(extra))
+        syncer = Syncer(
+            client,
+            store,
+            opts,
+            progress=progress.advance,
+            progress_extend=progress.extend,
+            on_plan=on_plan,
+            stop=stop,
+        )
+        progress.total(len(pairs))
         log.info(
-            "%d images to check (%d duplicate pairs skipped)%s",
-            len(pairs) + len(extra),
+            "%d images to check%s (%d duplicate pairs skipped)%s",
+            len(pairs),
+            f", and every image of {len(set(request.products))} products" if request.products else "",
             pairs.duplicates,
             " [dry run]" if request.dry_run else "",
         )
-        return syncer.run(pairs.chunks(BATCH_SIZE), extra_plans=extra)
+        return syncer.run(chain(pairs.chunks(BATCH_SIZE), product_chunks(request.products, pairs)))
     raise AssertionError("unreachable")
 
 
-def _expand_products(
-    client: Client, store: Store, pairs: PairSet, products: Sequence[int], syncer: Syncer
-) -> list[Plan]:
-    """Add every image of the products to ``pairs``; return plans for recorded images no longer listed."""
-    unique = list(dict.fromkeys(products))
-    extra: list[Plan] = []
+def product_chunks(products: Sequence[int], named: Container[ImageRef] = ()) -> Iterator[ProductChunk]:
+    """Products in chunks of 50, each listed by one ``batch`` call when its turn comes (fresh links)."""
+    unique = tuple(dict.fromkeys(products))
     for start in range(0, len(unique), BATCH_SIZE):
-        listed = client.list_images(unique[start : start + BATCH_SIZE])
-        for pid, images in listed.items():
-            if isinstance(images, ImageError):
-                log.warning("product %s: %s", pid, images.message)
-                extra.append(Plan(ImageRef(pid, 0), "failed", f"product {pid}: {images.message}"))
-                continue
-            pairs.add_many(ImageRef(pid, img.image_id) for img in images)
-        extra.extend(missing_for_products(store, listed))
-    return extra
+        yield ProductChunk(unique[start : start + BATCH_SIZE], named)

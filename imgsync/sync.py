@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,17 @@ class SyncOptions:
     workers: int = 4
     keep_local: bool = True
     uploader: Uploader | None = None
+
+
+@dataclass(frozen=True)
+class ProductChunk:
+    """Up to 50 products whose images are listed, then planned, from one ``batch`` call.
+
+    ``skip`` holds the pairs the run names on their own: they are processed there, not twice.
+    """
+
+    product_ids: tuple[int, ...]
+    skip: Container[ImageRef] = ()
 
 
 @dataclass
@@ -169,6 +180,7 @@ class Syncer:
         opts: SyncOptions,
         *,
         progress: Callable[[str], None] | None = None,
+        progress_extend: Callable[[int], None] | None = None,
         on_plan: Callable[[Plan], None] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
@@ -176,6 +188,7 @@ class Syncer:
         self.store = store
         self.opts = opts
         self.progress = progress or (lambda action: None)
+        self.progress_extend = progress_extend or (lambda n: None)
         self.on_plan = on_plan
         self.stop = stop or client.stop
         self.summary = Summary()
@@ -183,7 +196,9 @@ class Syncer:
         self._last_flush = time.monotonic()
 
     # -- the whole run ----------------------------------------------------------------------------
-    def run(self, chunks: Iterable[list[ImageRef]], *, extra_plans: Iterable[Plan] = ()) -> Summary:
+    def run(
+        self, chunks: Iterable[list[ImageRef] | ProductChunk], *, extra_plans: Iterable[Plan] = ()
+    ) -> Summary:
         """Sync every chunk; return the summary. Fatal errors are raised after what finished is recorded."""
         started = time.monotonic()
         dry = self.opts.dry_run
@@ -212,11 +227,42 @@ class Syncer:
                 )
         return self.summary
 
-    def _pipeline(self, chunks: Iterator[list[ImageRef]]) -> None:
+    def _fetch(self, item: list[ImageRef] | ProductChunk) -> dict[Any, Any]:
+        """The network half of a chunk (runs in a worker): one ``batch`` call."""
+        if isinstance(item, ProductChunk):
+            return self.client.list_images(list(item.product_ids))
+        return self.client.get_images(item)
+
+    def _unpack(
+        self,
+        item: list[ImageRef] | ProductChunk,
+        result: dict[Any, Any],
+        executor: tuple[dict[Future[Record], Plan], ThreadPoolExecutor],
+    ) -> tuple[list[ImageRef], dict[ImageRef, PortalImage | ImageError]]:
+        """The refs and metadata of a fetched chunk. A product listing already holds every image's
+        metadata and a fresh link, so its images need no ``get`` call of their own."""
+        if not isinstance(item, ProductChunk):
+            return item, result
+        found: dict[ImageRef, PortalImage | ImageError] = {}
+        extra: list[Plan] = []
+        for pid, images in result.items():
+            if isinstance(images, ImageError):
+                extra.append(Plan(ImageRef(pid, 0), FAILED, f"product {pid}: {images.message}"))
+                continue
+            for image in images:
+                if image.ref not in item.skip and image.ref not in found:
+                    found[image.ref] = image
+        extra.extend(missing_for_products(self.store, result))
+        self.progress_extend(len(found) + len(extra))
+        for plan in extra:
+            self._handle_plan(plan, executor)
+        return list(found), found
+
+    def _pipeline(self, chunks: Iterator[list[ImageRef] | ProductChunk]) -> None:
         workers = max(1, self.opts.workers)
         meta_pool = ThreadPoolExecutor(workers, thread_name_prefix="meta")
         work_pool = ThreadPoolExecutor(workers, thread_name_prefix="work")
-        meta: dict[Future[Any], list[ImageRef]] = {}
+        meta: dict[Future[Any], list[ImageRef] | ProductChunk] = {}
         work: dict[Future[Record], Plan] = {}
         # How far metadata may run ahead of the downloads: one chunk beyond what the workers hold, so
         # a link waits at most a chunk's worth of downloads before it is used.
@@ -236,14 +282,15 @@ class Syncer:
                     if chunk is None:
                         exhausted = True
                         break
-                    meta[meta_pool.submit(self.client.get_images, chunk)] = chunk
+                    meta[meta_pool.submit(self._fetch, chunk)] = chunk
                 if not meta and not work:
                     break
                 done, _ = wait([*meta, *work], timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
                     if fut in meta:
-                        chunk = meta.pop(fut)
-                        self._plan_chunk(chunk, fut.result(), work, work_pool)
+                        item = meta.pop(fut)
+                        refs, found = self._unpack(item, fut.result(), (work, work_pool))
+                        self._plan_chunk(refs, found, work, work_pool)
                     else:
                         plan = work.pop(fut)
                         try:
@@ -497,4 +544,13 @@ def missing_for_products(store: Store, listed: dict[int, list[PortalImage] | Ima
                 yield Plan(ref, MISSING, "gone upstream; the backup is kept", None, row)
 
 
-__all__ = ["Plan", "Summary", "SyncOptions", "Syncer", "Uploader", "decide", "missing_for_products"]
+__all__ = [
+    "ProductChunk",
+    "Plan",
+    "Summary",
+    "SyncOptions",
+    "Syncer",
+    "Uploader",
+    "decide",
+    "missing_for_products",
+]

@@ -138,6 +138,10 @@ def test_product_option_lists_every_image_and_marks_vanished_ones(env: Env, port
     result = invoke(env.args(portal, "--json", "--product", str(pid)))
     assert result.exit_code == 0, result.stderr
     assert summary_of(result.stdout)["downloaded"] == 3
+    # The listing carries every image's metadata and link: no get calls on top of it.
+    assert portal.stats.by_method["batch"] == 1
+    assert portal.stats.batch_commands == {"catalog.productImage.list": 1}
+    assert portal.stats.requests == 1 + 3
     gone = [img for img in portal.images() if img.product_id == pid][1]
     portal.delete_image(pid, gone.image_id)
     result = invoke(env.args(portal, "--json", "--product", str(pid)))
@@ -236,3 +240,30 @@ def test_corrupt_database_is_refused(env: Env, portal: Portal, garbage: bytes) -
     assert str(env.db) in result.stderr
     assert env.db.read_bytes() == garbage
     assert portal.stats.requests == 0
+
+
+def test_pair_named_twice_through_a_product_is_processed_once(env: Env, portal: Portal) -> None:
+    images = portal.images()
+    pid = images[0].product_id
+    named = f"{pid}:{images[0].image_id}"
+    other = f"{images[5].product_id}:{images[5].image_id}"
+    result = invoke(
+        env.args(portal, "--json", named, other, named, "--product", str(pid), "--product", str(pid))
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert summary["requested"] == 4 and summary["downloaded"] == 4
+    assert portal.stats.downloads_served == 4
+    assert len(env.rows("events")) == 4
+
+
+def test_denied_product_listing_fails_alone(env: Env, portal: Portal) -> None:
+    images = portal.images()
+    denied, fine = images[0].product_id, images[3].product_id
+    portal.deny_product(denied)
+    result = invoke(env.args(portal, "--json", "--product", str(denied), "--product", str(fine)))
+    assert result.exit_code == 1
+    summary = summary_of(result.stdout)
+    assert summary["failed"] == 1 and summary["downloaded"] == 3
+    assert {r["product_id"] for r in env.rows()} == {fine}
+    assert f"product {denied}: access denied" in result.stderr
