@@ -185,6 +185,10 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout at the end.")
+@click.option(
+    "-v", "--verbose", "more_verbose", count=True, help="More log lines (same as before the command)."
+)
+@click.option("-q", "--quiet", "more_quiet", is_flag=True, help="Only errors on stderr.")
 @click.pass_context
 def sync(
     ctx: click.Context,
@@ -203,11 +207,18 @@ def sync(
     workers: int | None,
     progress: bool | None,
     as_json: bool,
+    more_verbose: int,
+    more_quiet: bool,
 ) -> None:
     """Fetch metadata, download new or changed images, record them, optionally upload to S3."""
     if not (pairs or csv_paths or products):
         raise click.UsageError("nothing to sync: give PRODUCT_ID:IMAGE_ID pairs, --csv PATH or --product ID")
     show_bar = sys.stderr.isatty() if progress is None else progress
+    if more_verbose or more_quiet:
+        ctx.obj["verbose"] += more_verbose
+        ctx.obj["quiet"] = ctx.obj["quiet"] or more_quiet
+        if ctx.obj["verbose"] and ctx.obj["quiet"]:
+            raise click.UsageError("-v and -q cannot be used together")
     show_bar = show_bar and not dry_run and not ctx.obj["quiet"]
     _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"], progress=show_bar)
     bar = _TqdmProgress(show_bar)
