@@ -458,7 +458,10 @@ class Client:
         if "error" in data:
             err = classify(resp.status_code, data)
             if isinstance(err, OperationTimeLimit):
-                err.reset_at = self._reset_at
+                # The 429's own operating_reset_at (when sent) is when *this* block lifts. The last
+                # answer's time.operating_reset_at may belong to another method, or be the end of a
+                # 10-minute accounting window: waiting for it stalled a run for minutes.
+                err.reset_at = _unix_time(data.get("operating_reset_at")) or self._reset_at
             raise err
         if resp.status_code >= 400:
             raise classify(resp.status_code, {"error": f"HTTP_{resp.status_code}"})
@@ -541,7 +544,18 @@ class Client:
                     err = classify(0, payload)
                     if isinstance(err, OperationTimeLimit | TransientError):
                         retry_later[key] = command
-                        limit = err if isinstance(err, OperationTimeLimit) else limit
+                        if isinstance(err, OperationTimeLimit):
+                            # This batch's own answer says when the block lifts, whatever other
+                            # threads' answers have noted in self._reset_at meanwhile.
+                            timing = data.get("time")
+                            err.reset_at = (
+                                _unix_time(payload.get("operating_reset_at"))
+                                or _unix_time(
+                                    timing.get("operating_reset_at") if isinstance(timing, dict) else None
+                                )
+                                or self._reset_at
+                            )
+                            limit = err
                     elif isinstance(err, TokenExpired | AuthError | PortalUnavailable):
                         raise err
                     else:
@@ -553,7 +567,6 @@ class Client:
             pending = retry_later
             if pending:
                 if limit is not None:
-                    limit.reset_at = self._reset_at
                     self._wait_for_reset(limit, attempt)
                 else:
                     self.backoff(attempt)
@@ -617,6 +630,13 @@ def _error_code(resp: requests.Response) -> str:
     except ValueError:
         return ""
     return str(data.get("error", "")) if isinstance(data, dict) else ""
+
+
+def _unix_time(value: Any) -> float | None:
+    """A unix time from an answer (``operating_reset_at``), or None when it is absent or not a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 def _section(result: Any, name: str) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from .models import ImageRef
 
 MAX_NAME_BYTES = 150
 TEMP_SUFFIX = ".part"
-_RESERVED = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+# C0 and C1 control characters (both are Unicode "Cc"; C1's CSI, \x9b, starts terminal escapes), and the
+# characters Windows reserves.
+_RESERVED = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"/\\|?*]')
 _WINDOWS_DEVICES = {
     "CON",
     "PRN",
@@ -46,10 +48,12 @@ def safe_name(name: str) -> str:
     while ".." in text:
         text = text.replace("..", ".")
     text = text.strip(" .")
-    stem, dot, ext = text.rpartition(".")
+    _, dot, ext = text.rpartition(".")
     if not dot:
-        stem, ext = text, ""
-    if stem.upper() in _WINDOWS_DEVICES or text.upper() in _WINDOWS_DEVICES:
+        ext = ""
+    # Windows takes the part before the *first* dot, trailing spaces dropped, as the device name:
+    # "nul.tar.gz" and "con .jpg" are the devices NUL and CON, not files (the last dot missed both).
+    if text.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
         text = "_" + text
     text = _cut_utf8(text, MAX_NAME_BYTES, ext)
     return text or "image"

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .errors import AlreadyRunning, StateError
+from .errors import AlreadyRunning, LocalStorageError, StateError
 from .models import ImageRef
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -113,6 +113,9 @@ class Record:
     detail: str = ""
     fields: dict[str, Any] | None = None  # columns of ``images`` to set
     extra_actions: tuple[str, ...] = ()  # e.g. ("uploaded",) after "downloaded"
+    # Files (relative to dest) this record's row supersedes. The sync removes them only once the row is
+    # committed: removed before, a kill in between would leave the old row naming a file that is gone.
+    remove_after: tuple[str, ...] = ()
 
 
 class Store:
@@ -203,7 +206,7 @@ class Store:
         """Write image rows and their events in one transaction (one commit for many images)."""
         now = utcnow()
         events: list[tuple[Any, ...]] = []
-        with self._lock, self.db.conn as conn:
+        with self._writing() as conn:
             for rec in records:
                 if rec.fields is not None:
                     row = {
@@ -237,7 +240,7 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self) -> int:
-        with self._lock, self.db.conn:
+        with self._writing():
             table = self.db.table("runs")
             table.insert({"started_at": utcnow()})
             return int(table.last_pk or 0)
@@ -247,7 +250,7 @@ class Store:
             k: counts.get(k)
             for k in ("requested", "downloaded", "unchanged", "uploaded", "missing", "failed", "duration_s")
         }
-        with self._lock, self.db.conn:
+        with self._writing():
             self.db.table("runs").update(
                 run_id, {**fields, "finished_at": utcnow(), "exit_code": exit_code, "error": error or None}
             )
@@ -272,7 +275,7 @@ class Store:
             return rows[0] if rows else None
 
     def save_tokens(self, key: str, access_token: str, refresh_token: str, seed: str) -> None:
-        with self._lock, self.db.conn:
+        with self._writing():
             self.db.table("oauth_tokens").upsert(
                 {
                     "key": key,
@@ -283,6 +286,18 @@ class Store:
                 },
                 pk="key",
             )
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction. SQLite's own failures (a full disk, an I/O error, a lock held too long)
+        become an error that stops the run with a message naming the database; before, a full disk
+        escaped as an internal error with a traceback."""
+        with self._lock:
+            try:
+                with self.db.conn as conn:
+                    yield conn
+            except sqlite3.Error as exc:
+                raise LocalStorageError(f"cannot write the state database {self.path}: {exc}") from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

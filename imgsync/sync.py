@@ -43,6 +43,11 @@ from .store import Record, Store, utcnow
 log = logging.getLogger(__name__)
 
 DOWNLOAD, UPLOAD, UNCHANGED, MISSING, FAILED = "download", "upload", "unchanged", "missing", "failed"
+# The longest a download link may wait for its turn, at the configured rate, should every batch in flight
+# turn out to need all its downloads (see Syncer._pipeline).
+LINK_WAIT_S = 30.0
+# What the row of a backup being replaced says until the new version's row is committed.
+_REPLACING = {"status": "failed", "error": "a newer version was being downloaded when the run stopped"}
 
 
 class Uploader(Protocol):
@@ -194,6 +199,7 @@ class Syncer:
         self.summary = Summary()
         self._pending_records: list[Record] = []
         self._last_flush = time.monotonic()
+        self._expected = BATCH_SIZE  # downloads a batch in flight will bring, as the last chunk did
 
     # -- the whole run ----------------------------------------------------------------------------
     def run(
@@ -211,6 +217,9 @@ class Syncer:
         except ImgsyncError as exc:
             self.summary.error = exc.message
             self.summary.exit_code = exc.exit_code
+            if isinstance(exc, Interrupted):
+                # A stop event set by a signal handler knows the process's exit code (128 + signal).
+                self.summary.exit_code = getattr(self.stop, "exit_code", exc.exit_code)
             exc.summary = self.summary  # type: ignore[attr-defined]  # the CLI reports what was done
             raise
         finally:
@@ -265,8 +274,13 @@ class Syncer:
         meta: dict[Future[Any], list[ImageRef] | ProductChunk] = {}
         work: dict[Future[Record], Plan] = {}
         # How far metadata may run ahead of the downloads: one chunk beyond what the workers hold, so
-        # a link waits at most a chunk's worth of downloads before it is used.
+        # a link waits at most a chunk's worth of downloads before it is used. A batch in flight counts
+        # as many downloads as the last chunk needed: a run with nothing to download (warm) keeps up to
+        # ``workers`` batches in flight, a cold one fetches one chunk ahead. Should every batch in flight
+        # need all its downloads after all, none of their links waits more than LINK_WAIT_S at the
+        # configured rate (on a 2/s portal that is the one chunk ahead of before).
         backlog_limit = workers + BATCH_SIZE
+        worst_limit = max(backlog_limit, int(self.client.bucket.rate * LINK_WAIT_S))
         exhausted = False
         fatal: BaseException | None = None
         try:
@@ -276,7 +290,8 @@ class Syncer:
                 while (
                     not exhausted
                     and len(meta) < workers
-                    and len(work) + BATCH_SIZE * len(meta) < backlog_limit
+                    and len(work) + self._expected * len(meta) < backlog_limit
+                    and len(work) + BATCH_SIZE * len(meta) < worst_limit
                 ):
                     chunk = next(chunks, None)
                     if chunk is None:
@@ -327,10 +342,31 @@ class Syncer:
         pool: ThreadPoolExecutor,
     ) -> None:
         rows = self.store.rows_for(chunk)
-        for ref in chunk:
-            result = found.get(ref) or ImageError("no answer from the portal")
-            plan = decide(ref, result, rows.get(ref), self.opts)
+        plans = [
+            decide(ref, found.get(ref) or ImageError("no answer from the portal"), rows.get(ref), self.opts)
+            for ref in chunk
+        ]
+        self._expected = max(1, sum(plan.action in (DOWNLOAD, UPLOAD) for plan in plans))
+        # A download that will land on the very file (or S3 object) an ``ok`` row describes: that row
+        # stops claiming it first, in one commit for the chunk. Otherwise a kill between the rename and
+        # the next commit would leave an ``ok`` row describing bytes that are no longer there.
+        replacing = [plan.ref for plan in plans if self._replaces_backup(plan)]
+        if replacing and not self.opts.dry_run:
+            self.store.save(None, [Record(ref, "replacing", fields=dict(_REPLACING)) for ref in replacing])
+        for plan in plans:
             self._handle_plan(plan, (work, pool))
+
+    def _replaces_backup(self, plan: Plan) -> bool:
+        """Will this plan's download land on the file, or S3 object, that its ``ok`` row describes?"""
+        row, image, uploader = plan.row, plan.image, self.opts.uploader
+        if plan.action != DOWNLOAD or image is None or not row or row.get("status") != "ok":
+            return False
+        relative = relative_path(plan.ref, image.name)
+        return row.get("local_path") == relative or (
+            uploader is not None
+            and bool(row.get("s3_key"))
+            and row.get("s3_key") == uploader.key_for(relative)
+        )
 
     def _handle_plan(
         self, plan: Plan, executor: tuple[dict[Future[Record], Plan], ThreadPoolExecutor] | None
@@ -437,8 +473,9 @@ class Syncer:
         if self.opts.uploader is not None:
             self._ensure_uploaded(record, target, relative, row, force=self.opts.force)
         if old_path and old_path != relative and record.fields and record.fields.get("status") == "ok":
-            # The image was replaced under a new name: the new file supersedes the old one.
-            _unlink_quietly(self.opts.dest / old_path)
+            # The image was replaced under a new name: the new file supersedes the old one, which goes
+            # once the new row is committed (see _flush), never while the old row still names it.
+            record.remove_after += (old_path,)
         return record
 
     def _upload_only(self, plan: Plan) -> Record:
@@ -489,7 +526,8 @@ class Syncer:
         if sent:
             record.extra_actions = ("uploaded",)
         if not self.opts.keep_local:
-            _unlink_quietly(path)
+            # Removed after the commit (see _flush): the old row may still name this file until then.
+            record.remove_after += (relative,)
             fields["local_path"] = None
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -521,6 +559,9 @@ class Syncer:
             records, self._pending_records = self._pending_records, []
             self.store.save(self.summary.run_id, records)
             self._last_flush = time.monotonic()
+            for record in records:  # superseded files go only now that no committed row names them
+                for relative in record.remove_after:
+                    _unlink_quietly(self.opts.dest / relative)
 
 
 def _unlink_quietly(path: Path) -> None:
