@@ -1,0 +1,140 @@
+"""A full disk, a read-only one, and a file size limit: a clear error, and nothing corrupt recorded.
+
+The full and read-only disks are small tmpfs mounts the test makes (root only; skipped where ``mount`` is not
+allowed). The file size limit (``ulimit -f``) needs no privilege: it is set in the child before it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from imgsync.emulator import CatalogImage, Portal
+
+from .conftest import FaultEnv, assert_complete, assert_sound, catalog, pairs_of, temp_files
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``small_disk("256k")``: a tmpfs of that size, mounted for the test; ``remount(size)`` grows it."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = _mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(point))
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small file system here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def remount(point: Path, options: str) -> None:
+    done = _mount("-o", f"remount,{options}", str(point))
+    assert done.returncode == 0, done.stderr
+
+
+def big_catalog() -> list[CatalogImage]:
+    return catalog(products=10, per=2, min_size=30_000, max_size=60_000, seed=81)  # about 900 KB
+
+
+def test_full_disk_stops_the_run_with_a_clear_error(
+    fenv: FaultEnv, make_portal: Callable[..., Portal], small_disk: Callable[[str], Path]
+) -> None:
+    disk = small_disk("256k")
+    fenv.dest = disk / "images"
+    images = big_catalog()
+    portal = make_portal(images)
+    run = fenv.sync(portal, *pairs_of(portal))
+    assert run.returncode == 1, run
+    assert "No space left on device" in run.stderr and str(fenv.dest) in run.stderr
+    rows = assert_sound(fenv, images)  # nothing partial in place, no row for what is not there
+    assert temp_files(fenv.dest) == []
+    done = [r for r in rows if r["status"] == "ok"]
+    assert 0 < len(done) < 20
+    assert run.summary["downloaded"] == len(done)
+    (last,) = fenv.rows("runs")
+    assert last["exit_code"] == 1 and "No space left on device" in last["error"]
+
+    remount(disk, "size=4m")
+    run = fenv.sync(portal, *pairs_of(portal))
+    assert run.returncode == 0, run
+    assert run.summary["downloaded"] == 20 - len(done)
+    assert_complete(fenv, images)
+
+
+def test_full_disk_holding_the_database_too(
+    fenv: FaultEnv, make_portal: Callable[..., Portal], small_disk: Callable[[str], Path]
+) -> None:
+    """The usual layout: files and database on one file system, which fills up."""
+    disk = small_disk("320k")
+    fenv.dest, fenv.db = disk / "images", disk / "imgsync.db"
+    images = big_catalog()
+    portal = make_portal(images)
+    run = fenv.sync(portal, *pairs_of(portal))
+    assert run.returncode == 1, run
+    assert "No space left on device" in run.stderr or "disk is full" in run.stderr
+    assert_sound(fenv, images)
+    assert temp_files(fenv.dest) == []
+
+    remount(disk, "size=4m")
+    run = fenv.sync(portal, *pairs_of(portal))
+    assert run.returncode == 0, run
+    assert_complete(fenv, images)
+
+
+def test_read_only_destination_stops_the_run(
+    fenv: FaultEnv, make_portal: Callable[..., Portal], small_disk: Callable[[str], Path]
+) -> None:
+    disk = small_disk("4m")
+    fenv.dest = disk / "images"
+    fenv.dest.mkdir()
+    remount(disk, "ro")
+    portal = make_portal()
+    run = fenv.sync(portal, *pairs_of(portal))
+    assert run.returncode == 1, run
+    assert "Read-only file system" in run.stderr
+    assert run.summary["downloaded"] == 0
+    assert list(fenv.dest.iterdir()) == []
+
+
+def test_file_size_limit_fails_the_images_over_it_alone(
+    fenv: FaultEnv, make_portal: Callable[..., Portal]
+) -> None:
+    """``ulimit -f``: a write past the limit fails with EFBIG (SIGXFSZ is ignored, as Python does). That is a
+    limit on one file, not a full disk: the images over it fail, each with a clear error; the others are
+    backed up."""
+    small = catalog(products=4, per=2, min_size=2000, max_size=20_000, seed=82)
+    large = catalog(products=2, per=2, min_size=1_200_000, max_size=1_500_000, seed=83)
+    large = [
+        CatalogImage(img.product_id + 100, img.image_id + 100, img.name, content=img.content) for img in large
+    ]
+    images = small + large
+    portal = make_portal(images)
+    limit = 1024 * 1024
+    run = fenv.sync(portal, *pairs_of(portal), rlimits={resource.RLIMIT_FSIZE: limit})
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != limit  # the test process itself is not limited
+    assert run.returncode == 1, run
+    summary = run.summary
+    assert (summary["downloaded"], summary["failed"]) == (8, 4)
+    rows = {(r["product_id"], r["image_id"]): r for r in assert_sound(fenv, images)}
+    for img in large:
+        row = rows[(img.product_id, img.image_id)]
+        assert row["status"] == "failed" and "File too large" in row["error"]
+    assert all(rows[(img.product_id, img.image_id)]["status"] == "ok" for img in small)
+    assert temp_files(fenv.dest) == []

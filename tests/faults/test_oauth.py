@@ -1,0 +1,67 @@
+"""OAuth: an access token that expires every second during a run, and a refresh token the portal refuses."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from imgsync.emulator import Faults, Portal
+
+from .conftest import FaultEnv, Sweep, assert_complete, catalog, pairs_of
+
+
+def oauth_config(fenv: FaultEnv, portal: Portal, access: str, refresh: str) -> None:
+    fenv.write_config(
+        portal_url=portal.url + "/",
+        client_id=portal.client_id,
+        client_secret=portal.client_secret,
+        access_token=access,
+        refresh_token=refresh,
+        token_url=portal.token_url,
+    )
+
+
+def test_access_token_expiring_every_second_of_a_long_run(
+    fenv: FaultEnv, make_portal: Callable[..., Portal]
+) -> None:
+    images = catalog(products=8, per=3, seed=31)
+    portal = make_portal(images, access_token_ttl=1.0)
+    portal.faults = Faults(slow_download=0.5)  # 24 downloads, 4 at a time: a run of about 3 s
+    access, refresh = portal.issue_tokens()
+    oauth_config(fenv, portal, access, refresh)
+    run = fenv.sync(None, *pairs_of(portal))
+    assert run.returncode == 0, run
+    assert (run.summary["downloaded"], run.summary["failed"]) == (24, 0)
+    assert portal.stats.by_method["oauth.token"] >= 2  # renewed more than once during the run
+    assert_complete(fenv, images)
+    con = sqlite3.connect(fenv.db)
+    stored = con.execute("select access_token, refresh_token from oauth_tokens").fetchone()
+    con.close()
+    assert stored[1] != refresh  # the rotated refresh token was saved (the old one is dead now)
+
+    # The next run starts from the saved pair (the config's refresh token was used up), renewing once.
+    portal.faults = Faults()
+    portal.expire_access_tokens()
+    portal.reset_stats()
+    run = fenv.sync(None, *pairs_of(portal))
+    assert run.returncode == 0, run
+    assert run.summary["unchanged"] == 24
+    assert portal.stats.by_method["oauth.token"] == 1
+
+
+def test_refused_refresh_token_exits_3_and_says_what_to_do(
+    fenv: FaultEnv, make_portal: Callable[..., Portal], sweep: Sweep
+) -> None:
+    portal = make_portal()
+    access, _ = portal.issue_tokens()
+    portal.expire_access_tokens()
+    bogus = "r3fr3sh-t0ken-the-portal-never-issued"
+    sweep.secrets.add(bogus)
+    oauth_config(fenv, portal, access, bogus)
+    run = fenv.sync(None, *pairs_of(portal))
+    assert run.returncode == 3, run
+    assert "refresh token was refused" in run.stderr
+    assert "authorize the application again and put the new tokens in the configuration" in run.stderr
+    assert portal.stats.downloads_served == 0
+    assert not fenv.dest.exists() or list(fenv.dest.rglob("*")) == []
+    assert [r["exit_code"] for r in fenv.rows("runs")] == [3]
