@@ -33,7 +33,7 @@ BATCH = 50
 IMAGES_PER_PRODUCT = 4
 FIRST_PRODUCT_ID, FIRST_IMAGE_ID = 100, 1000  # make_catalog's defaults
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-CLIENTS = ("imgsync", "peer", "naive", "peer-threads")
+CLIENTS = ("imgsync", "peer", "peer-threads", "naive")
 
 
 @dataclass(frozen=True)
@@ -323,7 +323,7 @@ def _fmt_s(x: float) -> str:
 def table(runs: Sequence[Run]) -> str:
     head = (
         "| profile | N | client | requests | req/image | 503s | time s | in-run s | bound s | efficiency "
-        "| imgsync/peer | imgsync/naive | peak RSS MB |\n"
+        "| imgsync/peer | imgsync/naive | peak RSS MiB |\n"
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
@@ -392,14 +392,14 @@ def memory_lines(runs: Sequence[Run], memcheck: dict[str, Any] | None) -> str:
             small, big = warm[0], warm[-1]
             ratio = big.peak_rss_mb / small.peak_rss_mb
             out.append(
-                f"- {profile}: peak RSS of a warm run, N={big.n}: {big.peak_rss_mb:.1f} MB; N={small.n}: "
-                f"{small.peak_rss_mb:.1f} MB; ratio {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'MISSED'})."
+                f"- {profile}: peak RSS of a warm run, N={big.n}: {big.peak_rss_mb:.1f} MiB; N={small.n}: "
+                f"{small.peak_rss_mb:.1f} MiB; ratio {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'MISSED'})."
             )
     if memcheck:
         out.append(
-            f"- One {memcheck['size_mb']:.0f} MiB image, imgsync cold: peak RSS {memcheck['peak_rss_mb']:.1f} MB "
+            f"- One {memcheck['size_mb']:.0f} MiB image, imgsync cold: peak RSS {memcheck['peak_rss_mb']:.1f} MiB "
             f"({memcheck['peak_rss_mb'] / memcheck['size_mb']:.2f} of the file's size), {memcheck['wall_s']:.2f} s, "
-            f"sha256 {'verified' if memcheck.get('ok') else 'NOT verified'}."
+            f"{'the file complete' if memcheck.get('ok') else 'the file NOT complete'}."
         )
     return "\n".join(out) + "\n" if out else ""
 
@@ -420,7 +420,7 @@ def chart(runs: Sequence[Run], path: Path) -> None:
         ("peer-threads", "cold"): "#fdae6b",
         ("naive", "cold"): "#d62728",
     }
-    fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(6.5 * len(profiles), 5.2), squeeze=False)
     for ax, profile in zip(axes[0], profiles, strict=True):
         sizes = sorted({r.n for r in runs if r.profile == profile})
         width = 0.8 / max(1, len(series))
@@ -441,23 +441,30 @@ def chart(runs: Sequence[Run], path: Path) -> None:
                 )
                 ax.plot([x - width * 0.45, x + width * 0.45], [run.bound_s] * 2, color="black", lw=2)
                 ax.annotate(
-                    f"{run.wall_s:.3g}",
-                    (x, run.wall_s),
+                    _fmt_s(run.wall_s),
+                    (x, max(run.wall_s, run.bound_s)),
                     ha="center",
                     va="bottom",
                     fontsize=7,
                     rotation=90,
-                    xytext=(0, 2),
+                    xytext=(0, 4),
                     textcoords="offset points",
                 )
-        ax.plot([], [], color="black", lw=2, label="bound (bucket + latency)")
+        if ax is axes[0][0]:
+            ax.plot([], [], color="black", lw=2, label="bound (bucket model + latency)")
         ax.set_yscale("log")
         ax.set_xticks(range(len(sizes)), [f"N={n}" for n in sizes])
         ax.set_ylabel("wall time, s (log)")
-        ax.set_title(f"{profile}: {PROFILES[profile].note}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
+        p = PROFILES[profile]
+        ax.set_title(
+            f"{profile}: {p.latency * 1000:.0f} ms/request, drain {p.rate:g}/s, bucket {p.burst}", fontsize=10
+        )
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 4)
         ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -572,8 +579,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--profiles", default="near,far", help="near, far (default both)")
     parser.add_argument(
         "--clients",
-        default="imgsync,peer,naive",
-        help=f"from {', '.join(CLIENTS)} (default imgsync,peer,naive)",
+        default=",".join(CLIENTS),
+        help=f"from {', '.join(CLIENTS)} (default all)",
     )
     parser.add_argument(
         "--baseline-max-n",
@@ -585,7 +592,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--min-size", type=int, default=1000, help="smallest image, bytes (default 1000)")
     parser.add_argument("--max-size", type=int, default=20000, help="largest image, bytes (default 20000)")
     parser.add_argument(
-        "--memcheck-mb", type=int, default=0, help="also sync one image of this many MB (0: skip)"
+        "--memcheck-mb",
+        type=int,
+        default=200,
+        help="also sync one image of this many MiB (0: skip; default 200)",
     )
     parser.add_argument("--md", type=Path, default=REPO / "docs" / "benchmarks.md", help="Markdown to update")
     parser.add_argument("--png", type=Path, default=REPO / "docs" / "benchmarks.png", help="chart to write")

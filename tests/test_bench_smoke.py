@@ -22,7 +22,18 @@ HAS_BENCH_EXTRA = all(importlib.util.find_spec(m) for m in ("fast_bitrix24", "ma
 
 def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
     md = tmp_path / "bench.md"
-    cmd = [sys.executable, "-m", "bench.run", "--sizes", "40", "--profiles", "near", "--no-floor"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--sizes",
+        "40",
+        "--profiles",
+        "near",
+        "--no-floor",
+        "--memcheck-mb",
+        "0",
+    ]
     cmd += ["--md", str(md), "--png", str(tmp_path / "bench.png"), *args]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -50,7 +61,9 @@ def test_bound_counts_the_requests_the_job_needs() -> None:
 
 
 def test_smoke_imgsync_and_naive(tmp_path: Path) -> None:
-    result, md = run_bench(tmp_path, "--clients", "imgsync,naive", "--no-chart")
+    result, md = run_bench(
+        tmp_path, "--clients", "imgsync,naive", "--no-chart", "--json", str(tmp_path / "b.json")
+    )
     assert "<!-- bench:begin -->" in md and "<!-- bench:end -->" in md
     assert "| near | 40 | imgsync cold |" in result.stdout
     cold, warm, naive = row(md, "imgsync cold"), row(md, "imgsync warm"), row(md, "naive")
@@ -66,6 +79,20 @@ def test_smoke_imgsync_and_naive(tmp_path: Path) -> None:
     assert cold[10] == ""  # no peer ran: no imgsync/peer ratio
     assert 0 < float(cold[11]) < 1  # imgsync/naive
     assert not (tmp_path / "bench.png").exists()
+    # --replot renders the same report from the JSON, running nothing.
+    again = tmp_path / "again.md"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--replot",
+        str(tmp_path / "b.json"),
+        "--md",
+        str(again),
+        "--no-chart",
+    ]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=60)
+    assert again.read_text().split("<!-- bench:begin -->")[1] == md.split("<!-- bench:begin -->")[1]
 
 
 @pytest.mark.skipif(
