@@ -196,12 +196,6 @@ class Store:
                 self.db.query("select * from images where product_id = ? order by image_id", [product_id])
             )
 
-    def iter_images(self, where: str = "", params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
-        sql = "select * from images" + (f" where {where}" if where else "") + " order by product_id, image_id"
-        with self._lock:
-            rows = list(self.db.query(sql, list(params)))
-        yield from rows
-
     def save(self, run_id: int | None, records: Iterable[Record]) -> None:
         """Write image rows and their events in one transaction (one commit for many images)."""
         now = utcnow()
@@ -298,11 +292,6 @@ class Store:
                     yield conn
             except sqlite3.Error as exc:
                 raise LocalStorageError(f"cannot write the state database {self.path}: {exc}") from None
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock, self.db.conn:
-            yield
 
 
 def _check_header(path: Path) -> None:

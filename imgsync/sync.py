@@ -124,9 +124,6 @@ class Summary:
             out["error"] = self.error
         return out
 
-    def counts(self) -> dict[str, Any]:
-        return self.as_json()
-
 
 def decide(
     ref: ImageRef, found: PortalImage | ImageError, row: dict[str, Any] | None, opts: SyncOptions
@@ -230,7 +227,7 @@ class Syncer:
             if not dry and self.summary.run_id is not None:
                 self.store.finish_run(
                     self.summary.run_id,
-                    self.summary.counts(),
+                    self.summary.as_json(),
                     self.summary.exit_code,
                     self.summary.error or "",
                 )
