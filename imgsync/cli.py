@@ -259,10 +259,9 @@ def sync(
                 )
                 sys.exit(code)
             except ImgsyncError as exc:
-                bar.close()
+                # Only the JSON summary (for cron); the error itself is printed once, by _handle_errors.
                 partial = getattr(exc, "summary", None)
-                if as_json and partial is not None:
-                    _emit_json(partial, error=exc.message, code=exc.exit_code)
+                _finish(partial, as_json, dry_run, True, bar, error=exc.message, code=exc.exit_code)
                 raise
         _finish(summary, as_json, dry_run, ctx.obj["quiet"], bar)
         sys.exit(summary.exit_code)
@@ -274,15 +273,6 @@ def _plan_printer() -> Callable[[Plan], None]:
         click.echo(f"{plan.action:<9} {str(plan.ref):<15} {plan.reason}" + (f"  [{name}]" if name else ""))
 
     return show
-
-
-def _emit_json(summary: Summary, *, error: str | None = None, code: int | None = None) -> None:
-    data = summary.as_json()
-    if error:
-        data["error"] = redact(error)
-    if code is not None:
-        data["exit_code"] = code
-    click.echo(json.dumps(data))
 
 
 def _finish(
@@ -304,6 +294,8 @@ def _finish(
             data["dry_run"] = True
         if error:
             data["error"] = redact(error)
+        if code is not None:
+            data["exit_code"] = code
         click.echo(json.dumps(data))
         return
     if quiet:
