@@ -10,27 +10,33 @@ from __future__ import annotations
 
 import logging
 import random
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
 
 from . import __version__
 from .errors import (
     AuthError,
+    DownloadFailed,
     ImageDenied,
     ImageError,
     ImageGone,
     ImgsyncError,
     Interrupted,
     LinkRefused,
+    NotTheFile,
     OperationTimeLimit,
+    PortalAddressError,
     PortalUnavailable,
     TokenExpired,
     TransientError,
@@ -171,6 +177,10 @@ class Auth(Protocol):
 
     def renew(self, used: str) -> None: ...
 
+    def relocate(self, root: str) -> None:
+        """The portal moved (a 302 to ``root``, ``scheme://host[:port]/``): send every later call there."""
+        ...
+
     @property
     def portal_root(self) -> str: ...
 
@@ -201,12 +211,18 @@ class WebhookAuth:
             "the portal answered expired_token to a webhook call: check the webhook's expiry date"
         )
 
+    def relocate(self, root: str) -> None:
+        self.base = root.rstrip("/") + urlsplit(self.base).path
+        self._root = root
+
 
 class OAuth:
     """OAuth 2.0: the access token goes in ``auth``; ``expired_token`` renews it once through ``token_url``.
 
-    ``on_renew(access_token, refresh_token)`` is called with every new pair before it is used, so the
-    rotated refresh token is saved even if the run dies right after.
+    ``on_renew(access_token, refresh_token)`` is called with every new pair as soon as it arrives, so the
+    rotated refresh token is saved even if the run dies right after; the pair is kept in memory first, so
+    a failing callback never loses it. ``sleep`` waits between retries of the token endpoint: pass a
+    stop-aware one (the client's) so that Ctrl-C ends a renewal too.
     """
 
     def __init__(
@@ -221,6 +237,7 @@ class OAuth:
         on_renew: Callable[[str, str], None] | None = None,
         session: requests.Session | None = None,
         timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         root = portal_url.rstrip("/")
         if root.endswith("/rest"):
@@ -234,6 +251,7 @@ class OAuth:
         self.on_renew = on_renew
         self.session = session or requests.Session()
         self.timeout = timeout
+        self.sleep = sleep
         self.renewals = 0
         self._lock = threading.Lock()
         for secret in (client_secret, access_token, refresh_token):
@@ -245,6 +263,9 @@ class OAuth:
 
     def method_url(self, method: str) -> str:
         return f"{self._root}rest/{method}"
+
+    def relocate(self, root: str) -> None:
+        self._root = root
 
     def apply(self, params: dict[str, Any]) -> tuple[dict[str, Any], str]:
         token = self.access_token
@@ -272,11 +293,15 @@ class OAuth:
                 raise AuthError("the OAuth server's answer has no access_token/refresh_token")
             register_secret(access)
             register_secret(refresh)
-            if self.on_renew is not None:
-                self.on_renew(access, refresh)
+            # In memory first: the old refresh token may be spent now, so this pair must never be lost.
             self.access_token, self.refresh_token = access, refresh
             self.renewals += 1
             log.info("renewed the OAuth access token")
+            if self.on_renew is not None:
+                try:
+                    self.on_renew(access, refresh)
+                except ImgsyncError as exc:
+                    log.error("the renewed OAuth tokens could not be saved: %s", exc.message)
 
     def _token_request(self, query: dict[str, str]) -> dict[str, Any]:
         rng = random.Random()
@@ -304,7 +329,8 @@ class OAuth:
                     hint = _AUTH_HINTS.get(code.lower(), "the OAuth server refused to renew the token")
                     raise AuthError(f"{hint} ({code})")
                 last = TransientError(f"token endpoint answered HTTP {resp.status_code}")
-            time.sleep(policy.delay(attempt, rng))
+            log.info("retrying the token endpoint: %s", last)
+            self.sleep(policy.delay(attempt, rng))
         raise PortalUnavailable(f"could not renew the OAuth token: {last}")
 
 
@@ -317,6 +343,27 @@ class Body(Protocol):
     def chunks(self) -> Iterator[bytes]: ...
 
 
+T = TypeVar("T")
+
+# What a download answered instead of the file: the web tier's pages and the portal's JSON errors. A genuine
+# image of any type (SVG included: it starts "<?xml" or "<svg") never starts like these.
+_NOT_THE_FILE_TYPES = ("text/html", "application/xhtml+xml", "application/json")
+_HTML_START = re.compile(rb"^\s*(<!doctype\s+html|<html|<head|<body|<title)", re.IGNORECASE)
+_JSON_ERROR_START = re.compile(rb'^\s*\{\s*"(error|error_description)"\s*:')
+
+
+def not_the_file(content_type: str, first_bytes: bytes) -> str:
+    """Why a download answer is not an image file ("" when it may be one): by its type, then its first bytes."""
+    if content_type.lower() in _NOT_THE_FILE_TYPES:
+        return f"the download answered {content_type}, not the file (a login or error page?)"
+    head = first_bytes[:512].removeprefix(b"\xef\xbb\xbf")
+    if _HTML_START.match(head):
+        return "the download answered an HTML page, not the file (a login or error page?)"
+    if _JSON_ERROR_START.match(head):
+        return "the download answered a JSON error, not the file"
+    return ""
+
+
 class _ResponseBody:
     def __init__(self, resp: requests.Response, chunk_size: int, stop: threading.Event | None) -> None:
         self._resp = resp
@@ -327,17 +374,86 @@ class _ResponseBody:
         self.content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
 
     def chunks(self) -> Iterator[bytes]:
+        """The body's bytes; the first chunk is checked to be no page or error before any byte is given."""
+        reason = not_the_file(self.content_type, b"")
+        if reason:
+            raise NotTheFile(reason)
+        first = True
         try:
             for chunk in self._resp.iter_content(self._chunk_size):
                 if self._stop is not None and self._stop.is_set():
                     raise Interrupted("interrupted during a download")
+                if first and chunk:
+                    first = False
+                    reason = not_the_file("", chunk)
+                    if reason:
+                        raise NotTheFile(reason)
                 yield chunk
         except requests.RequestException as exc:
-            raise TransientError(f"download broke off: {type(exc).__name__}", code="DROPPED") from None
+            raise _translate(exc, self._resp.url or "", reached=True) from None
+
+
+def _root_causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (urllib3 keeps the socket error as ``reason`` and in the chain)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo += [item.__cause__, item.__context__, getattr(item, "reason", None)]
+        todo += [a for a in item.args if isinstance(a, BaseException)]
+
+
+def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> ImgsyncError:
+    """The one place a ``requests`` exception becomes ours.
+
+    A TLS failure and a host name that does not resolve will not get better by retrying: they stop the
+    run at once, naming the host (``reached`` says the portal has answered before in this run: then a
+    failure of this kind is a passing network fault, retried like the others). A refused connection is
+    :data:`UNREACHABLE`: retried briefly by the caller.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    causes = list(_root_causes(exc))
+    if isinstance(exc, requests.exceptions.SSLError) and not reached:
+        other = "http://" if parts.scheme == "https" else "https://"
+        return PortalAddressError(
+            f"TLS with {host}:{port} failed: check the portal URL's scheme (does {host} serve {other}?) "
+            "and its certificate"
+        )
+    if any(isinstance(c, socket.gaierror | NameResolutionError) for c in causes) and not reached:
+        return PortalAddressError(
+            f"the portal's host name {host!r} does not resolve: check bitrix24.webhook_url / portal_url"
+        )
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return TransientError(f"no connection to {host}:{port} within the timeout", code=UNREACHABLE)
+    if isinstance(exc, requests.exceptions.Timeout) or any(isinstance(c, ReadTimeoutError) for c in causes):
+        return TransientError(f"{host}:{port} stopped answering (read timeout)", code="TIMEOUT")
+    if any(isinstance(c, NewConnectionError | ConnectionRefusedError) for c in causes):
+        return TransientError(f"connection to {host}:{port} refused", code=UNREACHABLE)
+    return TransientError(f"{type(exc).__name__} talking to {host}:{port}", code="DROPPED")
+
+
+#: A connection could not be made at all (refused, or no answer to the connect).
+UNREACHABLE = "UNREACHABLE"
+#: How many times in a row a portal that cannot be reached is tried before the run gives up (about 2 s).
+UNREACHABLE_ATTEMPTS = 3
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_RELOCATIONS = 3
 
 
 class Client:
-    """The portal client. Thread-safe: one instance serves every worker of a run."""
+    """The portal client. Thread-safe: one instance serves every worker of a run.
+
+    It owns every retry of a portal request: :meth:`call` and :meth:`batch` for REST, :meth:`download`
+    for files (with fresh links). Each error says whether it may be retried and when
+    (:mod:`imgsync.errors`); the client asks it, waits through one stop-aware sleep, and gives up with
+    :class:`PortalUnavailable` after ``retry.attempts``.
+    """
 
     def __init__(
         self,
@@ -351,10 +467,14 @@ class Client:
         retry: RetryPolicy | None = None,
         stop: threading.Event | None = None,
         seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.auth = auth
         self.timeout = timeout
         self.stop = stop or threading.Event()
+        self._clock = clock
+        self._injected_sleep = sleep
         self.bucket = LeakyBucket(rate_limit, burst, sleep=self._sleep)
         self.retry = retry or RetryPolicy()
         self.session = session or requests.Session()
@@ -364,44 +484,62 @@ class Client:
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._reset_at: float | None = None  # latest time.operating_reset_at the portal reported
+        self._reached = False  # the portal has answered at least once in this run
+        self._relocations = 0
         self.requests_sent = 0
         self.retries = 0
         self._count_lock = threading.Lock()
+        if isinstance(auth, OAuth):
+            auth.sleep = self._sleep  # a renewal's retries stop with the run too
+
+    @property
+    def rate(self) -> float:
+        """Requests per second the client allows itself (the bucket's drain)."""
+        return self.bucket.rate
 
     # -- pacing and sleeping ------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
+        """The one sleep of the client: ends early, raising :class:`Interrupted`, when the run is stopped."""
+        if self._injected_sleep is not None:
+            if self.stop.is_set():
+                raise Interrupted("interrupted")
+            self._injected_sleep(seconds)
+            return
         if self.stop.wait(seconds):
             raise Interrupted("interrupted")
 
-    def backoff(self, attempt: int) -> None:
-        with self._rng_lock:
-            delay = self.retry.delay(attempt, self._rng)
+    def _pause(self, exc: TransientError, attempt: int, what: str) -> None:
+        """Wait before retrying after ``exc``: as long as the portal asked, else a backoff with jitter."""
+        if exc.bucket_full:
+            self.bucket.fill()
         with self._count_lock:
             self.retries += 1
-        self._sleep(delay)
-
-    def _wait_for_reset(self, err: OperationTimeLimit, attempt: int) -> None:
-        reset_at = err.reset_at or self._reset_at
-        now = time.time()
-        if reset_at and reset_at > now:
-            wait = min(reset_at - now + 0.2, self.retry.max_wait_for_reset)
-            log.warning("the portal's time limit for this method is reached; waiting %.1f s", wait)
-            self._sleep(wait)
+        wait = exc.retry_after(self._clock())
+        if wait is None and isinstance(exc, OperationTimeLimit) and self._reset_at:
+            wait = OperationTimeLimit(reset_at=self._reset_at).retry_after(self._clock())
+        if wait is not None:
+            wait = min(wait, self.retry.max_wait_for_reset)
+            log.warning("the portal's time limit for %s is reached; waiting %.1f s", what, wait)
         else:
-            self.backoff(attempt)
+            with self._rng_lock:
+                wait = self.retry.delay(attempt, self._rng)
+            log.info("retrying %s in %.1f s: %s", what, wait, exc.message)
+        self._sleep(wait)
 
     # -- the one request path -----------------------------------------------------------------------
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One HTTP request through the bucket; connection failures become :class:`TransientError`."""
+        """One HTTP request through the bucket; ``requests`` failures become ours (:func:`_translate`)."""
         if self.stop.is_set():
             raise Interrupted("interrupted")
         self.bucket.acquire()
         with self._count_lock:
             self.requests_sent += 1
         try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+            resp = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise TransientError(f"{type(exc).__name__} talking to the portal", code="DROPPED") from None
+            raise _translate(exc, url, reached=self._reached) from None
+        self._reached = True
+        return resp
 
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Call one REST method and return the whole answer (``result``, ``time``, ...).
@@ -410,49 +548,89 @@ class Client:
         method's own error (an :class:`ImageError`) otherwise.
         """
         renewed = False
+        unreachable = 0
         last: ImgsyncError | None = None
         for attempt in range(self.retry.attempts):
             body, credential = self.auth.apply(dict(params or {}))
+            url = self.auth.method_url(method)
             try:
                 resp = self._send(
                     "POST",
-                    self.auth.method_url(method),
+                    url,
                     json=body,
                     headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+                    allow_redirects=False,
                 )
-                data = self._parse(resp)
+                if resp.status_code in _REDIRECTS:
+                    self._follow_move(url, resp)
+                    continue
+                return self._parse(resp)
             except TokenExpired as exc:
                 if renewed:
                     raise AuthError(f"the portal refused the freshly renewed token ({exc})") from None
                 self.auth.renew(credential)
                 renewed = True
                 continue
-            except OperationTimeLimit as exc:
-                last = exc
-                self._wait_for_reset(exc, attempt)
-                continue
             except TransientError as exc:
                 last = exc
-                if exc.code == "QUERY_LIMIT_EXCEEDED":
-                    self.bucket.fill()
-                log.debug("%s failed (%s); retrying", method, exc)
-                self.backoff(attempt)
-                continue
-            return data
+                unreachable = unreachable + 1 if exc.code == UNREACHABLE else 0
+                if unreachable >= UNREACHABLE_ATTEMPTS:
+                    parts = urlsplit(url)
+                    raise PortalUnavailable(
+                        f"the portal cannot be reached at {parts.hostname}:"
+                        f"{parts.port or (443 if parts.scheme == 'https' else 80)} ({exc.message})"
+                    ) from None
+                self._pause(exc, attempt if exc.code != UNREACHABLE else 0, method)
         raise PortalUnavailable(
             f"the portal stayed unavailable after {self.retry.attempts} attempts ({method}: {last})"
         )
 
+    def _follow_move(self, url: str, resp: requests.Response) -> None:
+        """A renamed portal answers 302 to its new address: move the calls there, never anywhere else.
+
+        The call is repeated at the new address (same path, same body), as the docs advise, instead of
+        letting the HTTP library turn the POST into a GET that loses its body. A redirect to another path
+        (a login page, say) is not a move of the portal.
+        """
+        location = resp.headers.get("Location", "")
+        resp.close()
+        target = urlsplit(urljoin(url, location))
+        old = urlsplit(url)
+        if not location or target.path != old.path or target.scheme not in ("http", "https"):
+            raise PortalAddressError(
+                f"the portal answered HTTP {resp.status_code} to {redact_url(url)}, redirecting to "
+                f"{redact_url(urljoin(url, location)) or 'nowhere'}: check bitrix24.webhook_url / portal_url"
+            )
+        with self._count_lock:
+            self._relocations += 1
+            if self._relocations > _MAX_RELOCATIONS:
+                raise PortalAddressError(
+                    "the portal keeps redirecting: check bitrix24.webhook_url / portal_url"
+                )
+        root = f"{target.scheme}://{target.netloc}/"
+        if root != self.auth.portal_root:
+            self.auth.relocate(root)
+            log.warning(
+                "the portal has moved to %s: update bitrix24.webhook_url / portal_url (this run uses the new "
+                "address)",
+                root,
+            )
+
     def _parse(self, resp: requests.Response) -> dict[str, Any]:
         try:
             data = resp.json()
-        except ValueError:
+        except (ValueError, requests.RequestException):
             data = None
         if not isinstance(data, dict):
-            if resp.status_code >= 500 or resp.status_code == 429:
-                raise TransientError(f"HTTP {resp.status_code} without a JSON body", status=resp.status_code)
-            raise ImgsyncError(
-                f"the portal answered HTTP {resp.status_code} without a JSON body ({redact_url(resp.url)})"
+            # The web tier's own answers: a proxy's 502/504 page, a 200 cut short, an empty body. All pass.
+            status = resp.status_code
+            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
+            what = "an empty body" if not resp.content else f"{ctype} that is not complete JSON"
+            if status < 400 or status >= 500 or status == 429:
+                raise TransientError(f"HTTP {status} with {what}", code="NOT_JSON", status=status)
+            raise PortalAddressError(
+                f"the portal answered HTTP {status} with {what} ({redact_url(resp.url)}): "
+                "check bitrix24.webhook_url / portal_url"
             )
         self._note_time(data.get("time"))
         if "error" in data:
@@ -487,48 +665,68 @@ class Client:
         }
         by_key = dict(zip(commands, refs, strict=True))
         out: dict[ImageRef, PortalImage | ImageError] = {}
-        for key, value in self.batch(commands).items():
+        for key, answer in self.batch(commands).items():
             ref = by_key[key]
-            if isinstance(value, ImgsyncError):
-                out[ref] = value if isinstance(value, ImageError) else ImageError(value.message)
+            if isinstance(answer.value, ImageError):
+                out[ref] = answer.value
             else:
                 try:
-                    out[ref] = _image_from_result(value, ref)
+                    out[ref] = _image_from_result(answer.value, ref)
                 except ImageError as exc:
                     out[ref] = exc
         return out
 
-    def list_images(self, product_ids: Sequence[int]) -> dict[int, list[PortalImage] | ImageError]:
-        """``catalog.productImage.list`` for up to 50 products in one ``batch``."""
-        commands = {
-            f"p{n}": f"catalog.productImage.list?productId={pid}" for n, pid in enumerate(product_ids)
-        }
-        by_key = dict(zip(commands, product_ids, strict=True))
-        out: dict[int, list[PortalImage] | ImageError] = {}
-        for key, value in self.batch(commands).items():
-            pid = by_key[key]
-            if isinstance(value, ImgsyncError):
-                out[pid] = value if isinstance(value, ImageError) else ImageError(value.message)
-                continue
-            items = value.get("productImages") if isinstance(value, dict) else None
-            if not isinstance(items, list):
-                out[pid] = ImageError("catalog.productImage.list: unexpected answer")
-                continue
-            out[pid] = [
-                PortalImage.from_api(item, ImageRef(pid, 0)) for item in items if isinstance(item, dict)
-            ]
+    def list_images(self, product_ids: Sequence[int]) -> dict[int, Listing | ImageError]:
+        """Every image of up to 50 products: ``catalog.productImage.list`` commands in ``batch`` calls.
+
+        A product whose answer says there is more (``next``) is asked again from there until it is
+        complete; a listing that could not be completed comes back with ``complete=False``, so nothing is
+        concluded from what it does not show.
+        """
+        out: dict[int, Listing | ImageError] = {}
+        collected: dict[int, list[PortalImage]] = {pid: [] for pid in dict.fromkeys(product_ids)}
+        start: dict[int, int] = dict.fromkeys(collected, 0)
+        for _page in range(MAX_LIST_PAGES):
+            if not start:
+                break
+            commands = {
+                f"p{n}": f"catalog.productImage.list?productId={pid}" + (f"&start={at}" if at else "")
+                for n, (pid, at) in enumerate(start.items())
+            }
+            by_key = dict(zip(commands, start, strict=True))
+            start = {}
+            for key, answer in self.batch(commands).items():
+                pid = by_key[key]
+                if isinstance(answer.value, ImageError):
+                    out[pid] = answer.value
+                    continue
+                items = answer.value.get("productImages") if isinstance(answer.value, dict) else None
+                if not isinstance(items, list):
+                    out[pid] = ImageError("catalog.productImage.list: unexpected answer")
+                    continue
+                collected[pid] += [
+                    PortalImage.from_api(item, ImageRef(pid, 0)) for item in items if isinstance(item, dict)
+                ]
+                if answer.next and items:
+                    start[pid] = answer.next
+        for pid, images in collected.items():
+            if pid not in out:
+                # Still pages to read after MAX_LIST_PAGES: use what came, infer nothing from the rest.
+                out[pid] = Listing(tuple(images), complete=pid not in start)
         return out
 
-    def batch(self, commands: Mapping[str, str]) -> dict[str, Any]:
+    def batch(self, commands: Mapping[str, str]) -> dict[str, Answer]:
         """Run up to 50 commands in one ``batch`` call (``halt=0``).
 
-        Returns each key's result, or an exception for a command that failed. Commands that failed
-        for a transient reason (a time limit, a 5xx inside the batch) are sent again in a new batch.
+        Returns each key's :class:`Answer`: its result (or, for a command that failed, the error as an
+        :class:`ImageError`) with the ``total`` and ``next`` of a list command. Commands that failed for
+        a reason that may pass (a time limit, a 5xx inside the batch) are sent again in a new batch; an
+        error that concerns the whole run (credentials, an unavailable portal) is raised.
         """
         if len(commands) > BATCH_SIZE:
             raise ValueError(f"a batch holds at most {BATCH_SIZE} commands, got {len(commands)}")
         pending = dict(commands)
-        out: dict[str, Any] = {}
+        out: dict[str, Answer] = {}
         for attempt in range(self.retry.attempts):
             if not pending:
                 break
@@ -536,60 +734,89 @@ class Client:
             result = data.get("result")
             results = _section(result, "result")
             errors = _section(result, "result_error")
+            totals = _section(result, "result_total")
+            nexts = _section(result, "result_next")
             retry_later: dict[str, str] = {}
-            limit: OperationTimeLimit | None = None
+            worst: TransientError | None = None
             for key, command in pending.items():
                 if key in errors:
                     payload = errors[key] if isinstance(errors[key], dict) else {"error": errors[key]}
                     err = classify(0, payload)
-                    if isinstance(err, OperationTimeLimit | TransientError):
-                        retry_later[key] = command
-                        if isinstance(err, OperationTimeLimit):
-                            # This batch's own answer says when the block lifts, whatever other
-                            # threads' answers have noted in self._reset_at meanwhile.
-                            timing = data.get("time")
-                            err.reset_at = (
-                                _unix_time(payload.get("operating_reset_at"))
-                                or _unix_time(
-                                    timing.get("operating_reset_at") if isinstance(timing, dict) else None
-                                )
-                                or self._reset_at
+                    if isinstance(err, OperationTimeLimit):
+                        # This batch's own answer says when the block lifts, whatever other
+                        # threads' answers have noted in self._reset_at meanwhile.
+                        timing = data.get("time")
+                        err.reset_at = (
+                            _unix_time(payload.get("operating_reset_at"))
+                            or _unix_time(
+                                timing.get("operating_reset_at") if isinstance(timing, dict) else None
                             )
-                            limit = err
-                    elif isinstance(err, TokenExpired | AuthError | PortalUnavailable):
+                            or self._reset_at
+                        )
+                    if isinstance(err, TransientError):
+                        retry_later[key] = command
+                        if worst is None or isinstance(err, OperationTimeLimit):
+                            worst = err
+                    elif err.fatal or isinstance(err, TokenExpired):
                         raise err
                     else:
-                        out[key] = err
+                        out[key] = Answer(_as_image_error(err))
                 elif key in results:
-                    out[key] = results[key]
+                    out[key] = Answer(results[key], _count(totals.get(key)), _count(nexts.get(key)))
                 else:
-                    out[key] = ImageError("the batch answer has no result for this command")
+                    out[key] = Answer(ImageError("the batch answer has no result for this command"))
             pending = retry_later
-            if pending:
-                if limit is not None:
-                    self._wait_for_reset(limit, attempt)
-                else:
-                    self.backoff(attempt)
+            if pending and worst is not None:
+                self._pause(worst, attempt, f"{len(pending)} batch commands")
         for key in pending:
-            out[key] = ImageError("the portal kept failing this command")
+            out[key] = Answer(ImageError("the portal kept failing this command"))
         return out
 
     # -- downloads ----------------------------------------------------------------------------------
-    def fresh_image(
-        self, ref: ImageRef, refused_url: str = "", *, token_expired: bool = False
-    ) -> PortalImage:
-        """A new ``downloadUrl`` for ``ref``; when the old link's token expired, renew that token first."""
-        if token_expired:
-            used = parse_qs(urlsplit(refused_url).query).get("auth", [""])[0]
-            self.auth.renew(used)
-        return self.get_image(ref)
+    def download(self, image: PortalImage, write: Callable[[PortalImage, Body], T]) -> tuple[PortalImage, T]:
+        """Download ``image``'s file and hand the body to ``write(image, body)``; return what it returned.
+
+        Fetch fresh, use at once: a refused link is fetched anew once; a link whose access token expired
+        gets its token renewed; a broken, truncated or not-the-file answer is retried with backoff and a
+        new link (a one-time link may be spent). ``write`` must leave nothing under a final name when it
+        raises. Returns the image as last fetched (its name may have changed meanwhile).
+        """
+        ref = image.ref
+        refreshed = False
+        attempt = renewals = 0
+        while True:
+            log.debug("GET %s for %s", redact_url(image.download_url), ref)
+            try:
+                with self.open_download(image.download_url) as body:
+                    return image, write(image, body)
+            except TokenExpired:
+                # Not the link's fault: renew the credential it carries and take a new link.
+                renewals += 1
+                if renewals > self.retry.attempts:
+                    raise DownloadFailed("download links kept expiring with their access token") from None
+                used = parse_qs(urlsplit(image.download_url).query).get("auth", [""])[0]
+                self.auth.renew(used)
+                image = self.get_image(ref)
+            except LinkRefused as exc:
+                if refreshed:
+                    raise DownloadFailed(f"{exc.message}, again with a fresh link") from None
+                refreshed = True
+                image = self.get_image(ref)
+            except TransientError as exc:
+                attempt += 1
+                if attempt >= self.retry.attempts:
+                    raise DownloadFailed(f"download failed after {attempt} attempts: {exc.message}") from None
+                self._pause(exc, attempt, f"the download of {ref}")
+                if exc.link_spent:
+                    image = self.get_image(ref)
 
     @contextmanager
     def open_download(self, url: str, *, chunk_size: int = 256 * 1024) -> Iterator[Body]:
         """GET a ``downloadUrl`` through the bucket with the headers the docs ask for; one attempt.
 
         Raises :class:`LinkRefused` for 401/403/404 (fetch a new link), :class:`TransientError` for
-        5xx, 503 and dropped connections.
+        5xx, 503 and dropped connections, :class:`NotTheFile` (from the body) for a page or an error
+        answered in place of the file.
         """
         headers = {
             "User-Agent": USER_AGENT,
@@ -609,8 +836,6 @@ class Client:
             if status == 503 or status == 429 or status >= 500:
                 if code.upper() == "OVERLOAD_LIMIT":
                     raise PortalUnavailable("the portal has blocked REST calls (OVERLOAD_LIMIT)")
-                if code.upper() == "QUERY_LIMIT_EXCEEDED":
-                    self.bucket.fill()
                 raise TransientError(
                     f"download answered HTTP {status} {code}".strip(), code=code, status=status
                 )
@@ -621,13 +846,46 @@ class Client:
             resp.close()
 
 
+#: A product with more images than this many pages is used as listed, and nothing is inferred from it.
+MAX_LIST_PAGES = 20
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One command's answer in a ``batch``: its result (or error), and a list command's ``total``/``next``."""
+
+    value: Any
+    total: int | None = None
+    next: int | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The images a product listing showed; ``complete`` is false when pages are known to be missing."""
+
+    images: tuple[PortalImage, ...]
+    complete: bool = True
+
+
+def _as_image_error(err: ImgsyncError) -> ImageError:
+    return err if isinstance(err, ImageError) else ImageError(err.message)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
 def _error_code(resp: requests.Response) -> str:
-    """The ``error`` of a JSON error body, or "" (a download's error may be HTML from nginx)."""
+    """The ``error`` of a JSON error body, or "" (a download's error may be HTML from nginx, or cut short)."""
     if "json" not in resp.headers.get("Content-Type", ""):
         return ""
     try:
         data = resp.json()
-    except ValueError:
+    except (ValueError, requests.RequestException):
         return ""
     return str(data.get("error", "")) if isinstance(data, dict) else ""
 

@@ -18,10 +18,10 @@ import click
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import ConfigError, ImgsyncError, Interrupted, StateError
+from .errors import ConfigError, ImgsyncError, InternalError, Interrupted, StateError
 from .redact import RedactingFilter, redact
 from .runner import Progress, Request, run_sync
-from .store import Store
+from .store import Store, lock_held
 from .sync import Plan, Summary
 
 log = logging.getLogger("imgsync")
@@ -82,6 +82,10 @@ def _setup_logging(verbose: int, quiet: bool, progress: bool = False) -> None:
 
 
 def _fail(exc: ImgsyncError) -> None:
+    if isinstance(exc, InternalError) and exc.__cause__ is not None:
+        if os.environ.get("IMGSYNC_DEBUG"):
+            raise exc.__cause__
+        click.echo(redact("".join(traceback.format_exception(exc.__cause__))), err=True)
     click.echo(f"imgsync: error: {redact(exc.message)}", err=True)
     sys.exit(exc.exit_code)
 
@@ -100,7 +104,7 @@ def _handle_errors() -> Iterator[None]:
             raise
         click.echo(redact("".join(traceback.format_exception(exc))), err=True)
         click.echo(f"imgsync: internal error: {redact(repr(exc))}", err=True)
-        sys.exit(1)
+        sys.exit(InternalError.exit_code)
 
 
 @contextmanager
@@ -132,6 +136,22 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     return load_settings(ctx.obj["config"], env=os.environ, overrides=overrides)
 
 
+def _set_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["config"] = value
+
+
+#: ``--config`` after the command too (``imgsync sync --config x.toml``), as the contract says.
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    expose_value=False,
+    callback=_set_config,
+    help="Config file (same as before the command).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -153,6 +173,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 
 
 @cli.command()
+@config_option
 @click.argument("pairs", nargs=-1, metavar="[PRODUCT_ID:IMAGE_ID]...")
 @click.option(
     "--csv",
@@ -248,7 +269,11 @@ def sync(
         on_plan = _plan_printer() if dry_run and not as_json else None
         with _stop_on_signals() as (stop, received):
             try:
-                summary = run_sync(settings, request, progress=bar, on_plan=on_plan, stop=stop)
+                try:
+                    summary = run_sync(settings, request, progress=bar, on_plan=on_plan, stop=stop)
+                except KeyboardInterrupt:
+                    # A second signal outside the pipeline (it turns them into Interrupted itself).
+                    raise Interrupted("interrupted") from None
             except Interrupted as exc:
                 summary = getattr(exc, "summary", None)
                 code = 128 + received[0] if received else exc.exit_code
@@ -312,6 +337,7 @@ def _finish(
 
 
 @cli.command()
+@config_option
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option(
@@ -324,7 +350,8 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
         settings = _settings(ctx, db=db)
         if not settings.db.exists():
             raise StateError(f"{settings.db}: no state database yet (run 'imgsync sync' first)")
-        with Store(settings.db, create=False) as store:
+        running = lock_held(settings.db)
+        with Store(settings.db, readonly=True) as store:
             counts = store.counts_by_status()
             runs = store.last_runs(n_runs)
             totals = next(
@@ -355,12 +382,21 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
             click.echo("last runs:")
             for run in runs:
                 click.echo(
-                    f"  #{run['id']:<5} {run['started_at']}  exit {run['exit_code'] if run['exit_code'] is not None else '-'}"
+                    f"  #{run['id']:<5} {run['started_at']}  {_run_outcome(run, running)}"
                     f"  requested {run['requested'] or 0}, downloaded {run['downloaded'] or 0}, "
                     f"unchanged {run['unchanged'] or 0}, uploaded {run['uploaded'] or 0}, "
                     f"missing {run['missing'] or 0}, failed {run['failed'] or 0}"
                     + (f"  ({run['error']})" if run.get("error") else "")
                 )
+
+
+def _run_outcome(run: dict[str, Any], running: bool) -> str:
+    """``exit 0``, ``running`` (its lock is held), or ``crashed`` (it ended without recording its end)."""
+    if run.get("state") == "running":
+        return "running" if running else "crashed"
+    if run.get("state") == "crashed":
+        return "crashed"
+    return f"exit {run['exit_code'] if run['exit_code'] is not None else '-'}"
 
 
 @cli.command()
@@ -384,6 +420,7 @@ def demo(ctx: click.Context, folder: str, products: int, with_s3: bool) -> None:
 
 
 @cli.command()
+@config_option
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
 @click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the files are in.")
 @click.option("--s3/--no-s3", "s3", default=None, help="Check the S3 objects too (default: s3.enabled).")
@@ -438,7 +475,7 @@ def verify(
         uploader = make_uploader(settings)
         if uploader is not None:
             uploader.check()
-        with Store(settings.db, create=False) as store:
+        with Store(settings.db, readonly=True) as store:
             report = run_verify(store, settings.dest, objects=uploader, sample=sample, seed=seed)
         if as_json:
             click.echo(json.dumps(report.as_json()))

@@ -7,12 +7,15 @@
     │   ├── ConfigError                        a config key or value is wrong
     │   ├── InputError                         a CSV line or pair argument is wrong (file:line)
     │   └── StateError                         the state database is unreadable or corrupt
+    │   └── PortalAddressError                 the portal's address cannot work (TLS mismatch, no such host)
     ├── AuthError                     exit 3   the portal refused the credentials or their scope
     ├── PortalUnavailable             exit 4   retries exhausted, or REST blocked (OVERLOAD_LIMIT)
     ├── AlreadyRunning                exit 75  another sync holds the database's lock
     ├── LocalStorageError             exit 1   dest cannot be written (disk full, read-only): the run stops
     ├── Interrupted                   exit 130 SIGINT/SIGTERM: the run stopped early
-    ├── TransientError                         may be retried: rate limit, 5xx, dropped connection
+    ├── InternalError                 exit 70  a defect of imgsync: what finished is recorded
+    ├── TransientError                         may be retried: rate limit, 5xx, dropped connection, not JSON
+    │   ├── NotTheFile                         a download answered a page or an error, not the file
     │   └── OperationTimeLimit                 429: wait for ``operating_reset_at``
     ├── TokenExpired                           OAuth access token expired: renew once, retry
     ├── ImageError                             one image failed; the run goes on
@@ -23,17 +26,31 @@
     └── UploadError                            one S3 upload failed; the run goes on
         └── S3SetupError          exit 2/3 the bucket is missing or the credentials are refused
 
+Each class carries the decision about it, so no caller keeps a list of classes: ``fatal`` (the run stops:
+configuration, credentials, an unavailable portal, a full disk, a stop request) or not (one image fails and the
+run goes on), and ``retryable`` (the same request may succeed later) with ``retry_after``, the seconds the portal
+asked to wait (``operating_reset_at``), when it said so.
+
 Only the CLI turns these into exit codes and messages; no ``requests`` or ``botocore`` exception travels
 past the module that made the call. Every message is built from already-redacted text.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ImgsyncError(Exception):
     """imgsync failed."""
 
     exit_code = 1
+    #: The run cannot go on: the pipeline stops and raises it (after recording what finished).
+    fatal = True
+    #: The same request may succeed if sent again (after ``retry_after`` seconds, or a backoff).
+    retryable = False
+
+    #: What the run had done when this stopped it (set by the pipeline for the CLI's summary).
+    summary: Any = None
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -61,6 +78,10 @@ class StateError(UsageError):
     """The state database cannot be used."""
 
 
+class PortalAddressError(ConfigError):
+    """The portal's address cannot work as configured."""
+
+
 class AuthError(ImgsyncError):
     """The portal refused the credentials."""
 
@@ -79,6 +100,12 @@ class AlreadyRunning(ImgsyncError):
     exit_code = 75
 
 
+class InternalError(ImgsyncError):
+    """imgsync failed: this is a defect, please report it."""
+
+    exit_code = 70
+
+
 class LocalStorageError(ImgsyncError):
     """The destination folder cannot be written."""
 
@@ -92,10 +119,34 @@ class Interrupted(ImgsyncError):
 class TransientError(ImgsyncError):
     """A temporary failure that may be retried."""
 
+    fatal = False
+    retryable = True
+
     def __init__(self, message: str | None = None, *, code: str = "", status: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
+
+    @property
+    def bucket_full(self) -> bool:
+        """The portal refused the request because its leaky bucket is full (503 QUERY_LIMIT_EXCEEDED)."""
+        return self.code.upper() == "QUERY_LIMIT_EXCEEDED"
+
+    @property
+    def link_spent(self) -> bool:
+        """The failure may have used up a one-time download link: fetch a new one before retrying."""
+        return not self.bucket_full
+
+    def retry_after(self, now: float) -> float | None:
+        """Seconds the portal asked to wait, or None for an ordinary backoff."""
+        return None
+
+
+class NotTheFile(TransientError):
+    """A download answered something that is not the file (an HTML page, a JSON error)."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, code="NOT_THE_FILE")
 
 
 class OperationTimeLimit(TransientError):
@@ -105,13 +156,27 @@ class OperationTimeLimit(TransientError):
         super().__init__(message, code="OPERATION_TIME_LIMIT", status=429)
         self.reset_at = reset_at
 
+    @property
+    def link_spent(self) -> bool:
+        return False
+
+    def retry_after(self, now: float) -> float | None:
+        if self.reset_at and self.reset_at > now:
+            return self.reset_at - now + 0.2
+        return None
+
 
 class TokenExpired(ImgsyncError):
     """The OAuth access token expired."""
 
+    fatal = False
+    retryable = True  # once, after the token is renewed
+
 
 class ImageError(ImgsyncError):
     """An image could not be backed up."""
+
+    fatal = False
 
 
 class ImageGone(ImageError):
@@ -133,9 +198,13 @@ class DownloadFailed(ImageError):
 class UploadError(ImgsyncError):
     """The upload to S3 failed."""
 
+    fatal = False
+
 
 class S3SetupError(UploadError):
     """S3 cannot be used with these settings."""
+
+    fatal = True
 
     def __init__(self, message: str | None = None, *, exit_code: int = 2) -> None:
         super().__init__(message)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -311,7 +311,7 @@ class PairSet:
         ).fetchone()
         return row is not None
 
-    def chunks(self, size: int = 50) -> Iterator[list[ImageRef]]:
+    def chunks(self, size: int = 50) -> Generator[list[ImageRef], None, None]:
         """Yield the unique refs in first-seen order, ``size`` at a time (the last chunk may be shorter)."""
         if size < 1:
             raise ValueError("size must be at least 1")

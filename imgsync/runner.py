@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from .bitrix import BATCH_SIZE, Auth, Client, OAuth, WebhookAuth
@@ -62,7 +65,13 @@ def _seed(refresh_token: str | None) -> str:
 
 
 def make_auth(settings: Settings, store: Store | None) -> Auth:
-    """A webhook, or OAuth whose newest tokens come from (and go to) the database."""
+    """A webhook, or OAuth whose newest tokens come from (and go to) the database.
+
+    Renewed tokens are saved however the run goes, a dry run included: the portal may have retired the
+    refresh token they replace, and losing the new pair would mean authorizing the application again.
+    A read-only store (a dry run) saves them through a connection of their own, opened in the renewing
+    thread.
+    """
     if settings.webhook_url:
         return WebhookAuth(settings.webhook_url)
     if not settings.portal_url:
@@ -77,8 +86,13 @@ def make_auth(settings: Settings, store: Store | None) -> Auth:
             access, refresh = saved["access_token"], saved["refresh_token"]
 
     def on_renew(new_access: str, new_refresh: str) -> None:
-        if store is not None:
+        if store is None:
+            return
+        if not store.readonly:
             store.save_tokens(key, new_access, new_refresh, seed)
+            return
+        with Store(store.path) as writable:
+            writable.save_tokens(key, new_access, new_refresh, seed)
 
     return OAuth(
         settings.portal_url,
@@ -122,11 +136,12 @@ def run_sync(
             "storage.keep_local = false needs S3 (s3.enabled = true): the files would go nowhere"
         )
     with ExitStack() as stack:
-        # 1. Every input is read and validated before anything else happens.
+        # 1. Every input is read and validated before anything else happens, and so is dest.
         pairs: PairSet = stack.enter_context(collect_inputs(request.pairs, request.csv_paths, request.stdin))
+        check_dest(settings.dest, create=not request.dry_run)
         if not request.dry_run:
             stack.enter_context(run_lock(settings.db))
-        store = stack.enter_context(Store(settings.db, create=not request.dry_run))
+        store = stack.enter_context(Store(settings.db, readonly=request.dry_run))
         uploader = make_uploader(settings)
         client = Client(
             make_auth(settings, store),
@@ -163,8 +178,35 @@ def run_sync(
             pairs.duplicates,
             " [dry run]" if request.dry_run else "",
         )
-        return syncer.run(chain(pairs.chunks(BATCH_SIZE), product_chunks(request.products, pairs)))
+        chunks = pairs.chunks(BATCH_SIZE)
+        # Closed before the pairs' database is (the stack unwinds in reverse): a generator left open would
+        # be finalised later against a closed database, printing "Exception ignored in ..." on a stop.
+        stack.callback(chunks.close)
+        return syncer.run(chain(chunks, product_chunks(request.products, pairs)))
     raise AssertionError("unreachable")
+
+
+def check_dest(dest: Path, *, create: bool) -> None:
+    """Raise :class:`ConfigError` naming ``dest`` when files cannot be written there (before any request).
+
+    A real run creates the folder and writes (and removes) a probe file in it; a dry run, which must
+    change nothing, asks the file system about the folder or its nearest existing parent.
+    """
+    try:
+        if create:
+            dest.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=dest, prefix=".imgsync-probe-"):
+                pass
+            return
+        probe = dest
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ConfigError(f"storage.dest {dest}: {probe} is not a folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"storage.dest {dest}: {probe} is not writable")
+    except OSError as exc:
+        raise ConfigError(f"storage.dest {dest}: cannot write there ({exc.strerror or exc})") from None
 
 
 def product_chunks(products: Sequence[int], named: Container[ImageRef] = ()) -> Iterator[ProductChunk]:

@@ -99,8 +99,16 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m002_run_state(db: sqlite_utils.Database) -> None:
+    # "running" while a sync holds the lock, "finished", or "crashed": a run that ended without recording
+    # its end (SIGKILL, power loss), found so by the next run.
+    db.table("runs").add_column("state", str)
+    db.execute("update runs set state = case when finished_at is null then 'crashed' else 'finished' end")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m001_initial),
+    (2, "run_state", _m002_run_state),
 ]
 
 
@@ -119,24 +127,32 @@ class Record:
 
 
 class Store:
-    """The state database. Use as a context manager, or call :meth:`close`."""
+    """The state database. Use as a context manager, or call :meth:`close`.
 
-    def __init__(self, path: Path | str, *, create: bool = True) -> None:
+    ``readonly=True`` (a dry run, ``status``, ``verify``) never writes the file: it is opened read-only,
+    and when it lacks migrations (or does not exist) they run on a private in-memory copy. Otherwise the
+    file is created readable by its owner only (it holds renewed OAuth tokens) and switched to WAL.
+    """
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self._lock = threading.RLock()
-        if self.path.exists():
+        exists = self.path.exists()
+        if exists:
             _check_header(self.path)
-        elif not create:
-            self.db = sqlite_utils.Database(memory=True)
-            self.migrate()
-            return
         try:
-            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.migrate()
+            if readonly:
+                self.db = self._open_readonly(exists)
+            else:
+                if not exists:
+                    _create_private(self.path)
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+                self.db = sqlite_utils.Database(conn)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self.migrate()
             result = self.db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StateError(
@@ -148,6 +164,34 @@ class Store:
                 f"{self.path}: the state database is corrupt ({result[0] if result else '?'}); "
                 "restore it from a backup or move it aside to start afresh"
             )
+
+    def _open_readonly(self, exists: bool) -> sqlite_utils.Database:
+        memory = sqlite3.connect(":memory:", check_same_thread=False)
+        if exists:
+            source = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            db = sqlite_utils.Database(source)
+            if not self._pending(db):
+                source.close()
+                return sqlite_utils.Database(
+                    sqlite3.connect(
+                        f"{self.path.resolve().as_uri()}?mode=ro",
+                        uri=True,
+                        check_same_thread=False,
+                        timeout=30,
+                    )
+                )
+            source.backup(memory)  # an older schema: migrate a private copy, never the file
+            source.close()
+        self.db = sqlite_utils.Database(memory)
+        self.migrate()
+        return self.db
+
+    @staticmethod
+    def _pending(db: sqlite_utils.Database) -> bool:
+        if not db.table("_migrations").exists():
+            return True
+        done = {row["id"] for row in db.table("_migrations").rows}
+        return any(number not in done for number, _name, _func in MIGRATIONS)
 
     def __enter__(self) -> Store:
         return self
@@ -171,7 +215,8 @@ class Store:
             for number, name, func in MIGRATIONS:
                 if number in done:
                     continue
-                with self.db.conn:
+                # One transaction per migration, DDL included: one that fails halfway leaves nothing behind.
+                with self.db.atomic():
                     func(self.db)
                     self.db.table("_migrations").insert({"id": number, "name": name, "applied_at": utcnow()})
                 applied.append(number)
@@ -234,9 +279,30 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self) -> int:
-        with self._writing():
+        """Record a new run (``running``). Runs still ``running`` from before cannot be: the caller
+        holds the lock. They crashed; they are marked so, with the counts their events hold."""
+        with self._writing() as conn:
+            for (run_id,) in conn.execute("select id from runs where state = 'running'").fetchall():
+                counts = dict.fromkeys(("downloaded", "uploaded", "missing", "failed"), 0)
+                for action, n in conn.execute(
+                    "select action, count(*) from events where run_id = ? group by action", [run_id]
+                ):
+                    if action in counts:
+                        counts[action] = n
+                conn.execute(
+                    "update runs set state = 'crashed', downloaded = ?, uploaded = ?, missing = ?, failed = ?, "
+                    "error = ? where id = ?",
+                    [
+                        counts["downloaded"],
+                        counts["uploaded"],
+                        counts["missing"],
+                        counts["failed"],
+                        "crashed: the process ended without recording the end of the run (killed?)",
+                        run_id,
+                    ],
+                )
             table = self.db.table("runs")
-            table.insert({"started_at": utcnow()})
+            table.insert({"started_at": utcnow(), "state": "running"})
             return int(table.last_pk or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, Any], exit_code: int, error: str = "") -> None:
@@ -246,7 +312,14 @@ class Store:
         }
         with self._writing():
             self.db.table("runs").update(
-                run_id, {**fields, "finished_at": utcnow(), "exit_code": exit_code, "error": error or None}
+                run_id,
+                {
+                    **fields,
+                    "finished_at": utcnow(),
+                    "exit_code": exit_code,
+                    "error": error or None,
+                    "state": "finished",
+                },
             )
 
     def last_runs(self, limit: int = 5) -> list[dict[str, Any]]:
@@ -294,6 +367,17 @@ class Store:
                 raise LocalStorageError(f"cannot write the state database {self.path}: {exc}") from None
 
 
+def _create_private(path: Path) -> None:
+    """Create an empty database file readable by its owner only (SQLite gives its -wal/-shm the same mode)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StateError(f"{path}: cannot create the state database ({exc.strerror})") from None
+
+
 def _check_header(path: Path) -> None:
     """Refuse a file that is not SQLite before SQLite gets a chance to misread it."""
     try:
@@ -306,6 +390,22 @@ def _check_header(path: Path) -> None:
             f"{path}: not an SQLite database; refusing to start afresh over it "
             "(restore it from a backup or move it aside)"
         )
+
+
+def lock_held(db_path: Path) -> bool:
+    """Is a sync running on this database right now (its lock held by a live process)?"""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return False
 
 
 @contextmanager

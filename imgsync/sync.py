@@ -20,24 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .bitrix import BATCH_SIZE, Client
+from .bitrix import BATCH_SIZE, Body, Client, Listing
 from .download import file_matches, relative_path, resolve_inside, save_stream
 from .errors import (
-    AuthError,
     DownloadFailed,
     ImageError,
     ImageGone,
     ImgsyncError,
+    InternalError,
     Interrupted,
-    LinkRefused,
-    LocalStorageError,
-    PortalUnavailable,
-    TokenExpired,
-    TransientError,
     UploadError,
 )
 from .models import ImageRef, PortalImage
-from .redact import redact_url
 from .store import Record, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -156,7 +150,8 @@ def decide(
     ]
     if changed:
         return Plan(ref, DOWNLOAD, "changed: " + ", ".join(changed), image, row)
-    local = bool(row.get("local_path")) and file_matches(opts.dest / row["local_path"], row.get("size"))
+    local_file = inside_dest(opts.dest, row.get("local_path"))
+    local = local_file is not None and file_matches(local_file, row.get("size"))
     uploader = opts.uploader
     in_s3 = bool(row.get("s3_key")) and row.get("s3_sha256") == row.get("sha256")
     if uploader is not None:
@@ -217,8 +212,22 @@ class Syncer:
             if isinstance(exc, Interrupted):
                 # A stop event set by a signal handler knows the process's exit code (128 + signal).
                 self.summary.exit_code = getattr(self.stop, "exit_code", exc.exit_code)
-            exc.summary = self.summary  # type: ignore[attr-defined]  # the CLI reports what was done
+            exc.summary = self.summary  # the CLI reports what was done
             raise
+        except KeyboardInterrupt:
+            # A second Ctrl-C (or SIGTERM) while the first one's stop was under way: still a stop.
+            stopped = Interrupted("interrupted")
+            self.summary.error = stopped.message
+            self.summary.exit_code = getattr(self.stop, "exit_code", stopped.exit_code)
+            stopped.summary = self.summary
+            raise stopped from None
+        except Exception as exc:
+            # A defect of ours: what finished is recorded below, and the run row says what happened.
+            internal = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+            self.summary.error = internal.message
+            self.summary.exit_code = internal.exit_code
+            internal.summary = self.summary
+            raise internal from exc
         finally:
             self._flush(force=True)
             self.summary.duration_s = time.monotonic() - started
@@ -251,14 +260,14 @@ class Syncer:
             return item, result
         found: dict[ImageRef, PortalImage | ImageError] = {}
         extra: list[Plan] = []
-        for pid, images in result.items():
-            if isinstance(images, ImageError):
-                extra.append(Plan(ImageRef(pid, 0), FAILED, f"product {pid}: {images.message}"))
+        for pid, listing in result.items():
+            if isinstance(listing, ImageError):
+                extra.append(Plan(ImageRef(pid, 0), FAILED, f"product {pid}: {listing.message}"))
                 continue
-            for image in images:
+            for image in listing.images:
                 if image.ref not in item.skip and image.ref not in found:
                     found[image.ref] = image
-        extra.extend(missing_for_products(self.store, result))
+        extra.extend(missing_for_products(self.store, result, item.skip))
         self.progress_extend(len(found) + len(extra))
         for plan in extra:
             self._handle_plan(plan, executor)
@@ -277,7 +286,7 @@ class Syncer:
         # need all its downloads after all, none of their links waits more than LINK_WAIT_S at the
         # configured rate (on a 2/s portal that is the one chunk ahead of before).
         backlog_limit = workers + BATCH_SIZE
-        worst_limit = max(backlog_limit, int(self.client.bucket.rate * LINK_WAIT_S))
+        worst_limit = max(backlog_limit, int(self.client.rate * LINK_WAIT_S))
         exhausted = False
         fatal: BaseException | None = None
         try:
@@ -308,9 +317,7 @@ class Syncer:
                         try:
                             record = fut.result()
                         except ImgsyncError as exc:
-                            if isinstance(
-                                exc, AuthError | PortalUnavailable | LocalStorageError | Interrupted
-                            ):
+                            if exc.fatal:
                                 raise
                             record = self._failed(plan, exc)
                         self._record(record)
@@ -415,39 +422,18 @@ class Syncer:
         return Record(plan.ref, "failed", exc.message, {"status": "failed", "error": exc.message})
 
     def _download(self, plan: Plan) -> Record:
-        """Download one image (a fresh link if the first is refused), then upload it if S3 is on."""
+        """Download one image (the client fetches fresh links and retries), then upload it if S3 is on."""
         assert plan.image is not None
-        image, ref = plan.image, plan.ref
-        refreshed = False
-        attempt = renewals = 0
-        while True:
-            relative = relative_path(ref, image.name)
-            target = resolve_inside(self.opts.dest, relative)
-            log.debug("GET %s for %s", redact_url(image.download_url), ref)
-            try:
-                with self.client.open_download(image.download_url) as body:
-                    size, sha256 = save_stream(body.chunks(), target, expected_size=body.content_length)
-                    content_type = body.content_type
-                break
-            except TokenExpired:
-                # Not the link's fault: renew the credential it carries and take a new link.
-                renewals += 1
-                if renewals > self.client.retry.attempts:
-                    raise DownloadFailed("download links kept expiring with their access token") from None
-                image = self.client.fresh_image(ref, image.download_url, token_expired=True)
-            except LinkRefused as exc:
-                if refreshed:
-                    raise DownloadFailed(f"{exc.message}, again with a fresh link") from None
-                refreshed = True
-                image = self.client.fresh_image(ref, image.download_url)
-            except TransientError as exc:
-                attempt += 1
-                if attempt >= self.client.retry.attempts:
-                    raise DownloadFailed(f"download failed after {attempt} attempts: {exc.message}") from None
-                self.client.backoff(attempt)
-                if exc.code != "QUERY_LIMIT_EXCEEDED":
-                    # The link may have been spent by the broken attempt: ask for a new one.
-                    image = self.client.get_image(ref)
+        ref = plan.ref
+
+        def write(image: PortalImage, body: Body) -> tuple[int, str, str]:
+            target = resolve_inside(self.opts.dest, relative_path(ref, image.name))
+            size, sha256 = save_stream(body.chunks(), target, expected_size=body.content_length)
+            return size, sha256, body.content_type
+
+        image, (size, sha256, content_type) = self.client.download(plan.image, write)
+        relative = relative_path(ref, image.name)
+        target = resolve_inside(self.opts.dest, relative)
         log.info("downloaded %s (%d bytes, %s)", ref, size, plan.reason)
         row = plan.row or {}
         now = utcnow()
@@ -480,13 +466,16 @@ class Syncer:
         assert plan.image is not None and plan.row is not None
         row = plan.row
         relative = row["local_path"]
+        path = inside_dest(self.opts.dest, relative)
+        if path is None:
+            raise DownloadFailed(f"the recorded path {relative!r} is outside the destination folder")
         record = Record(
             plan.ref,
             "unchanged",
             plan.reason,
             {"status": "ok", "error": None, "sha256": row["sha256"], "size": row["size"]},
         )
-        self._ensure_uploaded(record, self.opts.dest / relative, relative, row, force=False)
+        self._ensure_uploaded(record, path, relative, row, force=False)
         return record
 
     def _ensure_uploaded(
@@ -558,7 +547,25 @@ class Syncer:
             self._last_flush = time.monotonic()
             for record in records:  # superseded files go only now that no committed row names them
                 for relative in record.remove_after:
-                    _unlink_quietly(self.opts.dest / relative)
+                    path = inside_dest(self.opts.dest, relative)
+                    if path is None:
+                        log.warning("not removing %r: it is outside the destination folder", relative)
+                    else:
+                        _unlink_quietly(path)
+
+
+def inside_dest(dest: Path, relative: Any) -> Path | None:
+    """The file a row's ``local_path`` names, or None when there is none or it would lie outside dest.
+
+    Paths read back from the database pass here: a damaged row must not make a sync read or delete
+    anything outside dest.
+    """
+    if not relative or not isinstance(relative, str):
+        return None
+    try:
+        return resolve_inside(dest, relative)
+    except DownloadFailed:
+        return None
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -570,15 +577,21 @@ def _unlink_quietly(path: Path) -> None:
         log.warning("could not remove %s: %s", path, exc.strerror)
 
 
-def missing_for_products(store: Store, listed: dict[int, list[PortalImage] | ImageError]) -> Iterator[Plan]:
-    """Recorded images of listed products that the listing no longer shows: they are gone upstream."""
-    for pid, images in listed.items():
-        if isinstance(images, ImageError):
+def missing_for_products(
+    store: Store, listed: dict[int, Listing | ImageError], skip: Container[ImageRef] = ()
+) -> Iterator[Plan]:
+    """Recorded images of listed products that a complete listing no longer shows: gone upstream.
+
+    Nothing is inferred from a listing that failed or is known to be incomplete, and pairs in ``skip``
+    (named on their own in this run) are left to their own chunk, which sees them from ``get``.
+    """
+    for pid, listing in listed.items():
+        if isinstance(listing, ImageError) or not listing.complete:
             continue
-        present = {img.image_id for img in images}
+        present = {img.image_id for img in listing.images}
         for row in store.rows_of_product(pid):
-            if row["image_id"] not in present and row["status"] != "missing":
-                ref = ImageRef(pid, row["image_id"])
+            ref = ImageRef(pid, row["image_id"])
+            if row["image_id"] not in present and row["status"] != "missing" and ref not in skip:
                 yield Plan(ref, MISSING, "gone upstream; the backup is kept", None, row)
 
 

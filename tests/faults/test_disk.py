@@ -107,9 +107,10 @@ def test_read_only_destination_stops_the_run(
     remount(disk, "ro")
     portal = make_portal()
     run = fenv.sync(portal, *pairs_of(portal))
-    assert run.returncode == 1, run
-    assert "Read-only file system" in run.stderr
-    assert run.summary["downloaded"] == 0
+    # Found with the other input, before the first request: exit 2 naming the folder.
+    assert run.returncode == 2, run
+    assert f"storage.dest {fenv.dest}: cannot write there (Read-only file system)" in run.stderr
+    assert portal.stats.requests == 0
     assert list(fenv.dest.iterdir()) == []
 
 
