@@ -141,3 +141,72 @@ def test_no_secret_in_any_output_or_table(env: Env, tmp_path: Path, verbosity: s
         for secret in secrets:
             assert secret not in text, f"a secret leaked into {where}"
         assert "auth=" not in text.replace("auth=***", ""), f"an auth= value leaked into {where}"
+
+
+def test_dry_run_with_an_expired_token_keeps_the_renewed_pair_and_writes_nothing_else(
+    env: Env, tmp_path: Path
+) -> None:
+    """Before the first real sync, a dry run renews the token in a worker thread: the rotated pair (the old
+    refresh token is now dead on the portal) must survive, and nothing but it is written."""
+    with Portal(make_catalog(3, 2, seed=4), rate_limit=1000.0, burst=1000) as portal:
+        access, refresh = portal.issue_tokens()
+        portal.expire_access_tokens()
+        config = oauth_config(tmp_path / "oauth.toml", portal, access, refresh)
+        result = invoke(sync_args(env, config, "--dry-run", *all_pairs(portal)))
+        assert result.exit_code == 0, result.stderr
+        assert portal.stats.by_method["oauth.token"] == 1
+        assert not env.dest.exists()  # a dry run creates no folder
+        con = sqlite3.connect(env.db)
+        assert con.execute("select count(*) from images").fetchone() == (0,)
+        assert con.execute("select count(*) from runs").fetchone() == (0,)
+        con.close()
+
+        portal.reset_stats()
+        result = invoke(sync_args(env, config, "--json", *all_pairs(portal)))
+        assert result.exit_code == 0, result.stderr  # today: exit 3 invalid_grant
+        assert summary_of(result.stdout)["downloaded"] == 6
+        assert portal.stats.by_method.get("oauth.token", 0) == 0  # the saved pair was still valid
+
+
+def test_dry_run_on_an_existing_database_leaves_the_file_as_it_was(env: Env, portal: Portal) -> None:
+    assert invoke(env.args(portal, *all_pairs(portal))).exit_code == 0
+    con = sqlite3.connect(env.db)
+    con.execute("pragma wal_checkpoint(truncate)")
+    con.execute("pragma journal_mode=delete")  # so any switch back to WAL would show
+    con.close()
+    before = env.db.read_bytes()
+    portal.replace_image(portal.images()[0].product_id, portal.images()[0].image_id, content=b"new")
+    result = invoke(env.args(portal, "--dry-run", *all_pairs(portal)))
+    assert result.exit_code == 0, result.stderr
+    assert "download" in result.stdout
+    assert env.db.read_bytes() == before
+    assert not env.db.with_name(env.db.name + "-wal").exists()
+
+
+def test_an_oauth_renewal_that_keeps_failing_stops_at_once_on_a_stop_request() -> None:
+    """The token endpoint's retries sleep through the client's stop-aware sleep, not time.sleep."""
+    import socket
+    import threading
+    import time
+
+    from imgsync.bitrix import Client, OAuth
+    from imgsync.errors import Interrupted
+
+    with socket.socket() as probe:  # a port nothing listens on: every attempt is refused at once
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/oauth/token/"
+    auth = OAuth(
+        "http://127.0.0.1:9/",
+        client_id="c",
+        client_secret="s",
+        access_token="",
+        refresh_token="r",
+        token_url=dead,
+    )
+    stop = threading.Event()
+    Client(auth, stop=stop)
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        auth.renew("")
+    assert time.monotonic() - started < 1.5  # the 5 attempts' backoff alone is about 3 s
