@@ -288,6 +288,8 @@ def _finish(
     bar.close()
     if summary is None:
         return
+    if not dry_run and not log.isEnabledFor(logging.WARNING):
+        _echo_failures(summary)  # -q hid the per-image warnings: cron must still mail each failed image
     if as_json:
         data = summary.as_json()
         if dry_run:
@@ -309,6 +311,14 @@ def _finish(
     )
     for line in summary.failures[:10]:
         click.echo(f"  failed {redact(line)}", err=True)
+
+
+def _echo_failures(summary: Summary) -> None:
+    """One stderr line per failed image, as many as the summary kept, then how many more failed."""
+    for line in summary.failures:
+        click.echo(f"imgsync: failed {redact(line)}", err=True)
+    if summary.failed > len(summary.failures):
+        click.echo(f"imgsync: ... and {summary.failed - len(summary.failures)} more", err=True)
 
 
 @cli.command()
