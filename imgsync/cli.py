@@ -410,6 +410,11 @@ def demo(ctx: click.Context, folder: str, products: int, with_s3: bool) -> None:
 @click.option(
     "--seed", default=None, help="With --sample: pick the same images as another run with this seed."
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Mark what is missing or changed so that the next sync fetches it again (takes the sync lock).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def verify(
@@ -422,13 +427,19 @@ def verify(
     s3_endpoint_url: str | None,
     sample: float | None,
     seed: str | None,
+    repair: bool,
     as_json: bool,
 ) -> None:
     """Re-hash local files (and, with --s3, check S3 objects) against the database.
 
-    Reports files that are missing, changed or not recorded; exit 1 on any difference.
+    Reports files that are missing, changed or not recorded; exit 1 on any difference. With --repair, the
+    rows of what is missing or changed are marked failed so that the next sync fetches them again.
     """
+    from contextlib import nullcontext
+
     from .runner import make_uploader
+    from .store import run_lock
+    from .verify import repair as repair_rows
     from .verify import verify as run_verify
 
     with _handle_errors():
@@ -448,8 +459,11 @@ def verify(
         uploader = make_uploader(settings)
         if uploader is not None:
             uploader.check()
-        with Store(settings.db, create=False) as store:
+        # --repair writes: it holds the sync's lock from the check to the write (exit 75 while a sync runs).
+        with run_lock(settings.db) if repair else nullcontext(), Store(settings.db, create=False) as store:
             report = run_verify(store, settings.dest, objects=uploader, sample=sample, seed=seed)
+            if repair:
+                repair_rows(store, report)
         if as_json:
             click.echo(json.dumps(report.as_json()))
         else:
@@ -483,6 +497,17 @@ def verify(
                     f"verified {report.s3_checked} of {report.s3_recorded} S3 objects in bucket "
                     f"'{settings.s3_bucket}': {report.s3_ok} ok, {len(report.s3_missing)} missing, "
                     f"{len(report.s3_changed)} changed"
+                )
+            if repair and report.repaired:
+                one = report.repaired == 1
+                click.echo(
+                    f"marked {report.repaired} image{'' if one else 's'} for repair: "
+                    f"run 'imgsync sync' to fetch {'it' if one else 'them'} again"
+                )
+            elif report.repairable and not repair:
+                click.echo(
+                    "run 'imgsync verify --repair' so that the next 'imgsync sync' fetches "
+                    "what is missing or changed again"
                 )
         sys.exit(0 if report.clean else 1)
 
