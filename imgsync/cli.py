@@ -141,7 +141,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     help="Config file (default: $IMGSYNC_CONFIG, else ./imgsync.toml if present).",
 )
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors (and each failed image) on stderr.")
 @click.version_option(__version__, prog_name="imgsync")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) -> None:
@@ -190,7 +190,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 @click.option(
     "-v", "--verbose", "more_verbose", count=True, help="More log lines (same as before the command)."
 )
-@click.option("-q", "--quiet", "more_quiet", is_flag=True, help="Only errors on stderr.")
+@click.option(
+    "-q", "--quiet", "more_quiet", is_flag=True, help="Only errors (and each failed image) on stderr."
+)
 @click.pass_context
 def sync(
     ctx: click.Context,
