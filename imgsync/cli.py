@@ -161,7 +161,7 @@ config_option = click.option(
     help="Config file (default: $IMGSYNC_CONFIG, else ./imgsync.toml if present).",
 )
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors (and each failed image) on stderr.")
 @click.version_option(__version__, prog_name="imgsync")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) -> None:
@@ -211,7 +211,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 @click.option(
     "-v", "--verbose", "more_verbose", count=True, help="More log lines (same as before the command)."
 )
-@click.option("-q", "--quiet", "more_quiet", is_flag=True, help="Only errors on stderr.")
+@click.option(
+    "-q", "--quiet", "more_quiet", is_flag=True, help="Only errors (and each failed image) on stderr."
+)
 @click.pass_context
 def sync(
     ctx: click.Context,
@@ -313,6 +315,8 @@ def _finish(
     bar.close()
     if summary is None:
         return
+    if not dry_run and not log.isEnabledFor(logging.WARNING):
+        _echo_failures(summary)  # -q hid the per-image warnings: cron must still mail each failed image
     if as_json:
         data = summary.as_json()
         if dry_run:
@@ -334,6 +338,14 @@ def _finish(
     )
     for line in summary.failures[:10]:
         click.echo(f"  failed {redact(line)}", err=True)
+
+
+def _echo_failures(summary: Summary) -> None:
+    """One stderr line per failed image, as many as the summary kept, then how many more failed."""
+    for line in summary.failures:
+        click.echo(f"imgsync: failed {redact(line)}", err=True)
+    if summary.failed > len(summary.failures):
+        click.echo(f"imgsync: ... and {summary.failed - len(summary.failures)} more", err=True)
 
 
 @cli.command()
@@ -437,6 +449,11 @@ def demo(ctx: click.Context, folder: str, products: int, with_s3: bool) -> None:
 @click.option(
     "--seed", default=None, help="With --sample: pick the same images as another run with this seed."
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Mark what is missing or changed so that the next sync fetches it again (takes the sync lock).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def verify(
@@ -449,13 +466,19 @@ def verify(
     s3_endpoint_url: str | None,
     sample: float | None,
     seed: str | None,
+    repair: bool,
     as_json: bool,
 ) -> None:
     """Re-hash local files (and, with --s3, check S3 objects) against the database.
 
-    Reports files that are missing, changed or not recorded; exit 1 on any difference.
+    Reports files that are missing, changed or not recorded; exit 1 on any difference. With --repair, the
+    rows of what is missing or changed are marked failed so that the next sync fetches them again.
     """
+    from contextlib import nullcontext
+
     from .runner import make_uploader
+    from .store import run_lock
+    from .verify import repair as repair_rows
     from .verify import verify as run_verify
 
     with _handle_errors():
@@ -475,8 +498,14 @@ def verify(
         uploader = make_uploader(settings)
         if uploader is not None:
             uploader.check()
-        with Store(settings.db, readonly=True) as store:
+        # --repair writes: it holds the sync's lock from the check to the write (exit 75 while a sync runs).
+        with (
+            run_lock(settings.db) if repair else nullcontext(),
+            Store(settings.db, readonly=not repair) as store,
+        ):
             report = run_verify(store, settings.dest, objects=uploader, sample=sample, seed=seed)
+            if repair:
+                repair_rows(store, report)
         if as_json:
             click.echo(json.dumps(report.as_json()))
         else:
@@ -510,6 +539,17 @@ def verify(
                     f"verified {report.s3_checked} of {report.s3_recorded} S3 objects in bucket "
                     f"'{settings.s3_bucket}': {report.s3_ok} ok, {len(report.s3_missing)} missing, "
                     f"{len(report.s3_changed)} changed"
+                )
+            if repair and report.repaired:
+                one = report.repaired == 1
+                click.echo(
+                    f"marked {report.repaired} image{'' if one else 's'} for repair: "
+                    f"run 'imgsync sync' to fetch {'it' if one else 'them'} again"
+                )
+            elif report.repairable and not repair:
+                click.echo(
+                    "run 'imgsync verify --repair' so that the next 'imgsync sync' fetches "
+                    "what is missing or changed again"
                 )
         sys.exit(0 if report.clean else 1)
 

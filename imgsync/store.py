@@ -366,6 +366,45 @@ class Store:
             except sqlite3.Error as exc:
                 raise LocalStorageError(f"cannot write the state database {self.path}: {exc}") from None
 
+    # --- verify repair ---------------------------------------------------------------------------
+    # The one write of `imgsync verify --repair`. The caller holds run_lock: no sync runs meanwhile.
+    def mark_for_repair(
+        self,
+        files: Iterable[tuple[ImageRef, str, str]] = (),
+        objects: Iterable[tuple[ImageRef, str, str]] = (),
+    ) -> int:
+        """Mark rows whose backup verify found missing or different, so that the next sync fetches it again.
+
+        ``files``: ``(ref, recorded local_path, error)``; ``objects``: ``(ref, recorded s3_key, error)``.
+        Each row becomes ``failed`` with the error(s) and stops claiming the backup it no longer has:
+        ``local_path``, or ``s3_key``/``s3_etag``/``s3_sha256``, set to NULL. ``sha256``, ``size`` and the
+        fingerprint stay, so the sync's skip rule sees no backup and downloads (or uploads) it again, and
+        a download of the same bytes counts as unchanged content. A row that no longer records that path
+        or key is left alone. Returns the number of rows marked.
+        """
+        marks: dict[ImageRef, dict[str, Any]] = {}
+        for column, items in (("local_path", files), ("s3_key", objects)):
+            for ref, where, error in items:
+                mark = marks.setdefault(ref, {"errors": [], "where": {}})
+                mark["errors"].append(error)
+                mark["where"][column] = where
+        marked = 0
+        with self._writing() as conn:
+            for ref, mark in marks.items():
+                cleared = []
+                if "local_path" in mark["where"]:
+                    cleared.append("local_path = null")
+                if "s3_key" in mark["where"]:
+                    cleared += ["s3_key = null", "s3_etag = null", "s3_sha256 = null"]
+                conditions = "".join(f" and {column} = ?" for column in mark["where"])
+                cursor = conn.execute(
+                    f"update images set status = 'failed', error = ?, {', '.join(cleared)} "
+                    f"where product_id = ? and image_id = ?{conditions}",
+                    ["; ".join(mark["errors"]), ref.product_id, ref.image_id, *mark["where"].values()],
+                )
+                marked += cursor.rowcount
+        return marked
+
 
 def _create_private(path: Path) -> None:
     """Create an empty database file readable by its owner only (SQLite gives its -wal/-shm the same mode)."""

@@ -531,7 +531,7 @@ class Syncer:
             s.uploaded += 1
         if "failed" in actions:
             s.failed += 1
-            if len(s.failures) < 20:
+            if len(s.failures) < 100:  # what -q prints on stderr, one line each
                 s.failures.append(f"{record.ref}: {record.detail}")
             log.warning("%s failed: %s", record.ref, record.detail)
         self._pending_records.append(record)

@@ -11,7 +11,11 @@ objects are not downloaded again; the sha256 imgsync wrote beside the object sta
 the same subset every time and a fresh seed another one. The walk for unrecorded files always covers all of dest:
 it only lists names.
 
-Nothing is changed: not the files, not the objects, not the rows.
+:func:`verify` changes nothing: not the files, not the objects, not the rows. :func:`repair` (``imgsync verify
+--repair``) then marks the rows of what was found missing or changed, through
+:meth:`~imgsync.store.Store.mark_for_repair`: each becomes ``failed`` and stops claiming the backup it no longer
+has, so the sync's skip rule, which wants the recorded backup present, fetches it again on the next run. Files
+under dest and objects in S3 are never touched; a changed file is replaced by the next sync's download.
 """
 
 from __future__ import annotations
@@ -26,9 +30,18 @@ from typing import Any, Protocol
 
 from .download import TEMP_SUFFIX, hash_file, resolve_inside
 from .errors import ImageError, UploadError
+from .models import ImageRef
 from .store import Store
 
-__all__ = ["Difference", "ObjectStore", "VerifyReport", "is_temp_name", "verify"]
+__all__ = ["Difference", "ObjectStore", "VerifyReport", "is_temp_name", "repair", "verify"]
+
+# The error a repaired row records, by what verify found.
+MISSING_FILE = "missing file"
+CORRUPT_FILE = "corrupt: sha256 differs"
+CORRUPT_SIZE = "corrupt: size differs"
+CORRUPT_PATH = "corrupt: recorded path outside the destination"
+MISSING_OBJECT = "missing S3 object"
+CORRUPT_OBJECT = "corrupt: S3 object differs"
 
 
 class ObjectStore(Protocol):
@@ -46,6 +59,7 @@ class Difference:
     product_id: int
     image_id: int
     detail: str
+    repair_error: str = ""  # what --repair writes into the row's error
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +90,12 @@ class VerifyReport:
     s3_ok: int = 0
     s3_missing: list[Difference] = field(default_factory=list)
     s3_changed: list[Difference] = field(default_factory=list)
+    repaired: int = 0  # rows marked by :func:`repair`
+
+    @property
+    def repairable(self) -> bool:
+        """Differences that ``--repair`` can hand to the next sync (not unrecorded files, not errors)."""
+        return bool(self.missing or self.changed or self.s3_missing or self.s3_changed)
 
     @property
     def clean(self) -> bool:
@@ -113,6 +133,7 @@ class VerifyReport:
                 "missing": listed(self.s3_missing),
                 "changed": listed(self.s3_changed),
             },
+            "repaired": self.repaired,
             "clean": self.clean,
         }
 
@@ -181,26 +202,50 @@ def verify(
     return report
 
 
+def repair(store: Store, report: VerifyReport) -> int:
+    """Mark the rows of what ``report`` found missing or changed, so that the next sync fetches it again.
+
+    Only what was checked (with a sample, the sample). The caller holds the sync lock
+    (:func:`imgsync.store.run_lock`). Sets and returns ``report.repaired``.
+    """
+
+    def marks(items: list[Difference]) -> Iterator[tuple[ImageRef, str, str]]:
+        for item in items:
+            yield ImageRef(item.product_id, item.image_id), item.where, item.repair_error
+
+    report.repaired = store.mark_for_repair(
+        files=marks(report.missing + report.changed),
+        objects=marks(report.s3_missing + report.s3_changed),
+    )
+    return report.repaired
+
+
 def _check_file(report: VerifyReport, dest: Path, row: dict[str, Any]) -> None:
     pid, iid, relative = row["product_id"], row["image_id"], row["local_path"]
     report.checked += 1
     try:
         path = resolve_inside(dest, relative)
     except ImageError:
-        report.changed.append(Difference(relative, pid, iid, "the recorded path is outside the destination"))
+        report.changed.append(
+            Difference(relative, pid, iid, "the recorded path is outside the destination", CORRUPT_PATH)
+        )
         return
     try:
         size, sha256 = hash_file(path)
     except FileNotFoundError:
-        report.missing.append(Difference(relative, pid, iid, "not there"))
+        report.missing.append(Difference(relative, pid, iid, "not there", MISSING_FILE))
         return
     except OSError as exc:
         report.errors.append(Difference(relative, pid, iid, f"cannot read: {exc.strerror or exc}"))
         return
     if size != row["size"]:
-        report.changed.append(Difference(relative, pid, iid, f"{size} bytes, recorded {row['size']}"))
+        report.changed.append(
+            Difference(relative, pid, iid, f"{size} bytes, recorded {row['size']}", CORRUPT_SIZE)
+        )
     elif sha256 != row["sha256"]:
-        report.changed.append(Difference(relative, pid, iid, f"sha256 {sha256}, recorded {row['sha256']}"))
+        report.changed.append(
+            Difference(relative, pid, iid, f"sha256 {sha256}, recorded {row['sha256']}", CORRUPT_FILE)
+        )
     else:
         report.ok += 1
 
@@ -215,15 +260,19 @@ def _check_object(report: VerifyReport, objects: ObjectStore, row: dict[str, Any
         report.errors.append(Difference(key, pid, iid, f"S3: {exc.message}"))
         return
     if found is None:
-        report.s3_missing.append(Difference(key, pid, iid, "no such object"))
+        report.s3_missing.append(Difference(key, pid, iid, "no such object", MISSING_OBJECT))
     elif found.get("size") != row["size"]:
         report.s3_changed.append(
-            Difference(key, pid, iid, f"{found.get('size')} bytes, recorded {row['size']}")
+            Difference(key, pid, iid, f"{found.get('size')} bytes, recorded {row['size']}", CORRUPT_OBJECT)
         )
     elif found.get("sha256") != expected:
         report.s3_changed.append(
             Difference(
-                key, pid, iid, f"sha256 metadata {found.get('sha256') or 'unset'}, recorded {expected}"
+                key,
+                pid,
+                iid,
+                f"sha256 metadata {found.get('sha256') or 'unset'}, recorded {expected}",
+                CORRUPT_OBJECT,
             )
         )
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -12,10 +13,10 @@ import pytest
 
 from imgsync.emulator import Portal
 from imgsync.s3 import LocalS3Server
-from imgsync.store import Store
+from imgsync.store import Store, run_lock
 from imgsync.verify import VerifyReport, verify
 
-from .conftest import Env, all_pairs, invoke
+from .conftest import Env, all_pairs, file_sha256, invoke
 
 
 @pytest.fixture
@@ -29,6 +30,11 @@ def synced(env: Env, portal: Portal) -> Env:
 def verify_json(env: Env, *extra: str) -> tuple[int, dict[str, Any]]:
     result = invoke(["verify", "--db", str(env.db), "--dest", str(env.dest), "--json", *extra])
     return result.exit_code, json.loads(result.stdout)
+
+
+REPAIR_HINT = (
+    "run 'imgsync verify --repair' so that the next 'imgsync sync' fetches what is missing or changed again"
+)
 
 
 def paths(items: list[dict[str, Any]]) -> list[str]:
@@ -77,9 +83,10 @@ def test_missing_changed_and_unrecorded_files_are_reported_with_exit_1(synced: E
     assert f"missing    {gone['local_path']}  ({gone['product_id']}:{gone['image_id']}: not there)" in lines
     assert "unrecorded 999/1-stray.jpg" in lines
     assert "temporary  999/.1-stray.jpg.k2j3h4.part  (left by an interrupted run; safe to delete)" in lines
-    assert lines[-1] == (
-        f"verified 30 of 30 files in {synced.dest}: 27 ok, 1 missing, 2 changed, 1 unrecorded, 1 temporary"
-    )
+    assert lines[-2:] == [
+        f"verified 30 of 30 files in {synced.dest}: 27 ok, 1 missing, 2 changed, 1 unrecorded, 1 temporary",
+        REPAIR_HINT,
+    ]
 
 
 def test_temporary_files_alone_are_not_a_difference(synced: Env) -> None:
@@ -105,7 +112,7 @@ def test_sample_checks_a_repeatable_part(synced: Env) -> None:
     text = invoke(
         ["verify", "--db", str(synced.db), "--dest", str(synced.dest), "--sample", "30", "--seed", "x"]
     )
-    assert "(a 30% sample)" in text.stdout.splitlines()[-1]
+    assert "(a 30% sample)" in text.stdout.splitlines()[-2]
 
 
 def test_a_recorded_path_outside_dest_is_not_followed(synced: Env, tmp_path: Path) -> None:
@@ -188,3 +195,150 @@ def test_s3_objects_are_checked_with_s3(
     assert report["ok"] == 6  # the local files are fine
     code, report = verify_json(env)  # without --s3 only the local files are checked
     assert code == 0 and report["s3"] is None
+
+
+# --- --repair --------------------------------------------------------------------------------------------------
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the hash can tell
+    path.write_bytes(bytes(data))
+
+
+def verify_text(env: Env, *extra: str) -> tuple[int, list[str]]:
+    result = invoke(["verify", "--db", str(env.db), "--dest", str(env.dest), *extra])
+    return result.exit_code, result.stdout.splitlines()
+
+
+def row_of(env: Env, product_id: int, image_id: int) -> dict[str, Any]:
+    return next(r for r in env.rows() if (r["product_id"], r["image_id"]) == (product_id, image_id))
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"), [("flip", "corrupt: sha256 differs"), ("delete", "missing file")]
+)
+def test_repair_makes_the_next_sync_fetch_a_bad_file_again(
+    synced: Env, portal: Portal, damage: str, error: str
+) -> None:
+    img = portal.images()[7]
+    before = row_of(synced, img.product_id, img.image_id)
+    path = synced.dest / before["local_path"]
+    flip_a_byte(path) if damage == "flip" else path.unlink()
+
+    code, lines = verify_text(synced)
+    assert code == 1
+    assert lines[-1] == REPAIR_HINT
+    sync_args = synced.args(portal, "--json", *all_pairs(portal))
+    if damage == "flip":  # unrepaired, the sync trusts the row (name, size unchanged): the bad bytes stay
+        result = invoke(sync_args)
+        assert (result.exit_code, json.loads(result.stdout)["downloaded"]) == (0, 0)
+        assert file_sha256(path) != img.sha256
+
+    others = [r for r in synced.rows() if r["image_id"] != img.image_id]
+    code, lines = verify_text(synced, "--repair")
+    assert code == 1  # differences were found
+    assert lines[-1] == "marked 1 image for repair: run 'imgsync sync' to fetch it again"
+    after = row_of(synced, img.product_id, img.image_id)
+    assert (after["status"], after["error"], after["local_path"]) == ("failed", error, None)
+    for column in ("sha256", "size", "name", "type", "create_time", "detail_url"):
+        assert after[column] == before[column]
+    assert [r for r in synced.rows() if r["image_id"] != img.image_id] == others
+
+    portal.reset_stats()
+    result = invoke(sync_args)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["downloaded"] == 1
+    assert portal.stats.downloads_served == 1
+    assert file_sha256(path) == img.sha256
+    fixed = row_of(synced, img.product_id, img.image_id)
+    assert (fixed["status"], fixed["error"], fixed["local_path"]) == ("ok", None, before["local_path"])
+    assert verify_text(synced)[0] == 0
+
+
+def test_repair_json_counts_the_rows_it_marked(synced: Env) -> None:
+    rows = synced.rows()
+    (synced.dest / rows[0]["local_path"]).unlink()
+    flip_a_byte(synced.dest / rows[1]["local_path"])
+    code, report = verify_json(synced)
+    assert (code, report["repaired"]) == (1, 0)
+    code, report = verify_json(synced, "--repair")
+    assert (code, report["repaired"], report["clean"]) == (1, 2, False)
+    assert sorted(r["error"] for r in synced.rows() if r["status"] == "failed") == [
+        "corrupt: sha256 differs",
+        "missing file",
+    ]
+    code, lines = verify_text(synced, "--repair")  # nothing claims the bad files any more
+    assert lines[-1].startswith("verified 28 of 28 files")
+    assert "unrecorded " + rows[1]["local_path"] in lines  # the bad bytes stay until the sync replaces them
+
+
+def test_repair_with_sample_repairs_only_what_was_checked(synced: Env) -> None:
+    for row in synced.rows():
+        (synced.dest / row["local_path"]).unlink()
+    code, report = verify_json(synced, "--sample", "30", "--seed", "nightly", "--repair")
+    assert code == 1
+    assert 0 < report["checked"] < 30
+    assert report["repaired"] == report["checked"] == len(report["missing"])
+    assert sum(r["status"] == "failed" for r in synced.rows()) == report["checked"]
+    still = {(r["product_id"], r["image_id"]) for r in synced.rows() if r["local_path"] is not None}
+    assert len(still) == 30 - report["checked"]
+    assert not still & {(m["product_id"], m["image_id"]) for m in report["missing"]}
+
+
+def test_repair_waits_for_no_sync_it_exits_75_while_one_runs(synced: Env) -> None:
+    (synced.dest / synced.rows()[0]["local_path"]).unlink()
+    before = synced.rows()
+    with run_lock(synced.db):
+        result = invoke(["verify", "--db", str(synced.db), "--dest", str(synced.dest), "--repair"])
+        assert result.exit_code == 75
+        assert "another imgsync sync is running" in result.stderr
+        assert result.stdout == ""
+        assert verify_json(synced)[0] == 1  # plain verify reads only: no lock needed
+    assert synced.rows() == before
+    assert verify_json(synced, "--repair")[1]["repaired"] == 1  # the lock released, it works
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"), [("delete", "missing S3 object"), ("replace", "corrupt: S3 object differs")]
+)
+def test_s3_repair_makes_the_next_sync_put_the_object_again(
+    env: Env, portal: Portal, s3_server: LocalS3Server, aws: None, damage: str, error: str
+) -> None:
+    bucket = f"imgsync-verify-repair-{damage}"
+    s3_server.create_bucket(bucket)
+    s3_args = ["--s3", "--s3-bucket", bucket, "--s3-endpoint-url", s3_server.endpoint_url]
+    pairs = all_pairs(portal)[:6]
+    assert invoke(env.args(portal, *s3_args, *pairs)).exit_code == 0
+    img = portal.images()[2]
+    before = row_of(env, img.product_id, img.image_id)
+    client = s3_server.client()
+    if damage == "delete":
+        client.delete_object(Bucket=bucket, Key=before["s3_key"])
+    else:
+        client.put_object(Bucket=bucket, Key=before["s3_key"], Body=b"someone else's bytes")
+
+    code, lines = verify_text(env, *s3_args)
+    assert (code, lines[-1]) == (1, REPAIR_HINT)
+    code, report = verify_json(env, *s3_args, "--repair")
+    assert (code, report["repaired"]) == (1, 1)
+    after = row_of(env, img.product_id, img.image_id)
+    assert (after["status"], after["error"]) == ("failed", error)
+    assert (after["s3_key"], after["s3_etag"], after["s3_sha256"]) == (None, None, None)
+    assert (after["local_path"], after["sha256"], after["size"]) == (
+        before["local_path"],
+        before["sha256"],
+        before["size"],
+    )
+
+    puts = s3_server.count("PUT", bucket)
+    portal.reset_stats()
+    result = invoke(env.args(portal, "--json", *s3_args, *pairs))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["uploaded"] == 1
+    assert s3_server.count("PUT", bucket) == puts + 1
+    assert portal.stats.downloads_served == 0  # the local file was good: uploaded from it
+    obj = client.get_object(Bucket=bucket, Key=before["s3_key"])
+    assert hashlib.sha256(obj["Body"].read()).hexdigest() == img.sha256
+    assert row_of(env, img.product_id, img.image_id)["status"] == "ok"
+    assert verify_json(env, *s3_args)[0] == 0
