@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,117 @@ def test_denied_product_listing_fails_alone(env: Env, portal: Portal) -> None:
     assert summary["failed"] == 1 and summary["downloaded"] == 3
     assert {r["product_id"] for r in env.rows()} == {fine}
     assert f"product {denied}: access denied" in result.stderr
+
+
+def test_a_pair_named_and_covered_by_its_product_counts_once_when_gone_upstream(
+    env: Env, portal: Portal
+) -> None:
+    first = portal.images()[0]
+    pair = f"{first.product_id}:{first.image_id}"
+    args = env.args(portal, "--json", pair, "--product", str(first.product_id))
+    assert invoke(args).exit_code == 0
+    portal.delete_image(first.product_id, first.image_id)
+    result = invoke(args)
+    assert result.exit_code == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert (summary["requested"], summary["missing"], summary["unchanged"]) == (3, 1, 2)
+    last_run = env.rows("runs")[-1]["id"]
+    missing = [e for e in env.rows("events") if e["run_id"] == last_run and e["action"] == "missing"]
+    assert [(e["product_id"], e["image_id"]) for e in missing] == [(first.product_id, first.image_id)]
+
+
+def test_paths_read_back_from_rows_never_reach_outside_dest(env: Env, portal: Portal, tmp_path: Path) -> None:
+    """A damaged row names a file outside dest: it is neither taken for the backup nor deleted."""
+    first = portal.images()[0]
+    pairs = all_pairs(portal)
+    assert invoke(env.args(portal, *pairs)).exit_code == 0
+    canary = tmp_path / "canary.bin"
+    canary.write_bytes(b"x" * first.size)  # the recorded size: a naive check would call it present
+    outside = "../canary.bin"
+    con = sqlite3.connect(env.db)
+    con.execute(
+        "update images set local_path = ? where product_id = ? and image_id = ?",
+        [outside, first.product_id, first.image_id],
+    )
+    con.commit()
+    con.close()
+    # Replaced under a new name: the sync removes the file the old row names once the new row is in.
+    portal.replace_image(first.product_id, first.image_id, content=b"another picture", name="renamed.jpg")
+    result = invoke(env.args(portal, "--json", *pairs))
+    assert result.exit_code == 0, result.stderr
+    assert summary_of(result.stdout)["downloaded"] == 1
+    assert canary.read_bytes() == b"x" * first.size
+    backed_up(env, portal)
+
+
+def test_an_internal_error_is_recorded_as_exit_70(env: Env, portal: Portal) -> None:
+    """A defect (here an uploader that raises something of no imgsync kind): what finished is recorded and the
+    run row says 70 with the error; before, the row said exit 0."""
+    from imgsync.bitrix import Client, WebhookAuth
+    from imgsync.errors import InternalError
+    from imgsync.store import Store
+    from imgsync.sync import Syncer, SyncOptions
+
+    class Broken:
+        def check(self) -> None: ...
+
+        def key_for(self, relative: str) -> str:
+            return relative
+
+        def head(self, key: str) -> None:
+            return None
+
+        def put(self, *args: object, **kwargs: object) -> str:
+            raise RuntimeError("a bug")
+
+    from imgsync.models import ImageRef
+
+    refs = [ImageRef(img.product_id, img.image_id) for img in portal.images()[:3]]
+    client = Client(WebhookAuth(portal.webhook_url), rate_limit=1000.0, burst=1000)
+    with Store(env.db) as store:
+        syncer = Syncer(client, store, SyncOptions(dest=env.dest, workers=1, uploader=Broken()))
+        with pytest.raises(InternalError) as caught:
+            syncer.run([refs])
+        assert caught.value.exit_code == 70 and caught.value.summary is syncer.summary
+    (run,) = env.rows("runs")
+    assert run["exit_code"] == 70 and "RuntimeError: a bug" in run["error"]
+    assert run["state"] == "finished"
+
+
+def test_config_is_accepted_after_the_command(env: Env, portal: Portal, tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(
+        f'[bitrix24]\nwebhook_url = "{portal.webhook_url}"\nrate_limit = 1000.0\nburst = 1000\n'
+    )
+    pair = all_pairs(portal)[0]
+    result = invoke(["sync", "--config", str(config), "--dest", str(env.dest), "--db", str(env.db), pair])
+    assert result.exit_code == 0, result.stderr
+    assert invoke(["status", "--config", str(config), "--db", str(env.db)]).exit_code == 0
+
+
+def test_the_state_database_is_readable_by_its_owner_only(env: Env, portal: Portal) -> None:
+    assert invoke(env.args(portal, all_pairs(portal)[0])).exit_code == 0
+    assert env.db.stat().st_mode & 0o777 == 0o600
+    wal = env.db.with_name(env.db.name + "-wal")
+    if wal.exists():
+        assert wal.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unwritable_dest_stops_before_any_request(env: Env, portal: Portal, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke(
+        [
+            "sync",
+            "--webhook",
+            portal.webhook_url,
+            "--dest",
+            str(blocker / "images"),
+            "--db",
+            str(env.db),
+            all_pairs(portal)[0],
+        ]
+    )
+    assert result.exit_code == 2
+    assert f"storage.dest {blocker / 'images'}" in result.stderr
+    assert portal.stats.requests == 0

@@ -4,8 +4,10 @@ and the next run continues where it stopped."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,82 @@ def test_sigterm_while_waiting_for_an_operation_limit_stops_at_once(
     assert "waiting" in run.stderr and "stopped" in run.stderr
     assert portal.stats.downloads_served == 0
     assert [r["exit_code"] for r in fenv.rows("runs")] == [143]
+
+
+def test_a_second_ctrl_c_still_exits_130_with_the_json_summary_and_the_run_recorded(
+    fenv: FaultEnv, make_portal: Callable[..., Portal], tmp_path: Path
+) -> None:
+    """Two Ctrl-C in quick succession: the second lands while the first one's stop is under way. Before, it
+    escaped as click's "Aborted!" (exit 1, no JSON) and the run row said exit 0. Pairs come from a CSV, whose
+    temporary database must not be finalised after it is closed (a traceback on stderr)."""
+    images = catalog(products=6, per=3, seed=62)
+    portal = make_portal(images)
+    portal.faults = Faults(slow_download=2.0)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("productId,id\n" + "\n".join(p.replace(":", ",") for p in pairs_of(portal)) + "\n")
+    fenv.write_config(workers=2)
+    spawned = fenv.spawn(portal, "--csv", str(csv))
+    wait_for(lambda: portal.stats.by_method["download"] >= 2, what="downloads")
+    spawned.signal(signal.SIGINT)
+    time.sleep(0.05)
+    spawned.signal(signal.SIGINT)
+    run = fenv.reap(spawned, timeout=30)
+    assert run.returncode == 130, run
+    assert run.summary["exit_code"] == 130
+    assert "Aborted" not in run.stderr
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr
+    (last,) = fenv.rows("runs")
+    assert last["exit_code"] == 130 and last["state"] == "finished"
+    assert_sound(fenv, images)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "csv-sigint"])
+def test_no_traceback_when_a_run_with_csv_input_is_stopped(
+    fenv: FaultEnv, make_portal: Callable[..., Portal], tmp_path: Path, how: str
+) -> None:
+    images = catalog(products=4, per=2, seed=63)
+    portal = make_portal(images)
+    portal.faults = Faults(slow_download=2.0)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("\n".join(p.replace(":", ",") for p in pairs_of(portal)) + "\n")
+    spawned = fenv.spawn(portal, "--csv", str(csv))
+    wait_for(lambda: portal.stats.by_method["download"] >= 1, what="a download")
+    spawned.signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+    run = fenv.reap(spawned, timeout=30)
+    assert run.returncode == (143 if how == "sigterm" else 130), run
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_killed_run_is_marked_crashed_by_the_next_with_what_it_recorded(
+    fenv: FaultEnv, make_portal: Callable[..., Portal]
+) -> None:
+    images = catalog(products=6, per=3, seed=64)
+    portal = make_portal(images)
+    portal.faults = Faults(slow_download=0.5)
+    fenv.write_config(workers=2)
+    spawned = fenv.spawn(portal, *pairs_of(portal))
+
+    def recorded_ok() -> int:
+        try:
+            return sum(r["status"] == "ok" for r in fenv.rows())
+        except sqlite3.Error:  # not created, or not migrated yet
+            return 0
+
+    wait_for(lambda: recorded_ok() >= 3, what="a few recorded downloads")
+    spawned.signal(signal.SIGKILL)
+    fenv.reap(spawned, timeout=30)
+    (killed,) = fenv.rows("runs")
+    assert killed["finished_at"] is None and killed["state"] == "running"
+    recorded = sum(e["action"] == "downloaded" for e in fenv.rows("events"))
+
+    status = fenv.run("status", "--db", str(fenv.db))
+    assert status.returncode == 0 and f"#{killed['id']}" in status.stdout and "crashed" in status.stdout
+
+    portal.faults = Faults()
+    run = fenv.sync(portal, *pairs_of(portal))
+    assert run.returncode == 0, run
+    first, second = fenv.rows("runs")
+    assert first["state"] == "crashed" and first["downloaded"] == recorded >= 3
+    assert "crashed" in first["error"]
+    assert second["state"] == "finished" and second["exit_code"] == 0
+    assert_complete(fenv, images)
