@@ -101,9 +101,10 @@ def test_a_second_ctrl_c_still_exits_130_with_the_json_summary_and_the_run_recor
 def test_no_traceback_when_a_run_with_csv_input_is_stopped(
     fenv: FaultEnv, make_portal: Callable[..., Portal], tmp_path: Path, how: str
 ) -> None:
-    images = catalog(products=4, per=2, seed=63)
+    images = catalog(products=60, per=3, seed=63)  # several chunks: the pairs' reader is mid-way at the stop
     portal = make_portal(images)
     portal.faults = Faults(slow_download=2.0)
+    fenv.write_config(workers=1)
     csv = tmp_path / "pairs.csv"
     csv.write_text("\n".join(p.replace(":", ",") for p in pairs_of(portal)) + "\n")
     spawned = fenv.spawn(portal, "--csv", str(csv))
