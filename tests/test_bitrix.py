@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
+import io
+import json as _json
+import socket
+from collections.abc import Callable
+from typing import Any
 
-from imgsync.bitrix import LeakyBucket, classify
+import pytest
+import requests
+from urllib3.exceptions import NameResolutionError
+
+from imgsync.bitrix import Client, LeakyBucket, RetryPolicy, WebhookAuth, classify, not_the_file
 from imgsync.errors import (
     AuthError,
     ImageDenied,
     ImageError,
     ImageGone,
+    LinkRefused,
     OperationTimeLimit,
+    PortalAddressError,
     PortalUnavailable,
     TokenExpired,
     TransientError,
@@ -89,3 +99,167 @@ def test_bucket_fill_after_a_503_slows_everyone() -> None:
     bucket = LeakyBucket(2.0, 50, clock=clock, sleep=clock.sleep)
     bucket.fill()
     assert bucket.acquire() == pytest.approx(0.5)
+
+
+# -- the client through a fake session: one function's behaviour, no server -------------------------------
+
+HOOK = "http://portal.test/rest/1/abc123secret/"
+
+
+def response(
+    status: int, body: bytes, content_type: str = "application/json", url: str = HOOK
+) -> requests.Response:
+    resp = requests.Response()
+    resp.status_code = status
+    resp.raw = io.BytesIO(body)
+    resp.headers["Content-Type"] = content_type
+    resp.url = url
+    return resp
+
+
+class FakeSession(requests.Session):
+    """Answers each request with the next of ``answers`` (a response, or an exception to raise)."""
+
+    def __init__(self, answers: list[Any] | Callable[[str, dict[str, Any]], Any]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        self.sent.append((url, kwargs))
+        answer = self.answers(url, kwargs) if callable(self.answers) else self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def client(session: FakeSession, attempts: int = 4) -> Client:
+    return Client(
+        WebhookAuth(HOOK),
+        rate_limit=1000.0,
+        burst=1000,
+        session=session,
+        retry=RetryPolicy(attempts=attempts),
+        sleep=lambda s: None,
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        response(502, b"<html><head><title>502 Bad Gateway</title></head></html>", "text/html"),
+        response(504, b"<html><body>504 Gateway Time-out</body></html>", "text/html"),
+        response(200, b'{"result": {"productImage": {"id": 1', "application/json"),
+        response(200, b"", "application/json"),
+    ],
+    ids=["502 page", "504 page", "200 cut short", "empty 200"],
+)
+def test_an_answer_that_is_not_complete_json_is_retried(bad: requests.Response) -> None:
+    good = response(200, _json.dumps({"result": {"ok": True}, "time": {}}).encode())
+    session = FakeSession([bad, good])
+    c = client(session)
+    assert c.call("server.time")["result"] == {"ok": True}
+    assert len(session.sent) == 2 and c.retries == 1
+
+
+def test_answers_that_stay_broken_end_in_portal_unavailable_not_a_traceback() -> None:
+    session = FakeSession(lambda url, kw: response(200, b'{"result": [', "application/json"))
+    with pytest.raises(PortalUnavailable, match="not complete JSON"):
+        client(session, attempts=3).call("server.time")
+
+
+def test_a_host_that_does_not_resolve_stops_at_once_naming_it() -> None:
+    cause = NameResolutionError("portal.test", None, socket.gaierror(-2, "Name or service not known"))  # type: ignore[arg-type]
+    session = FakeSession([requests.ConnectionError(cause)])
+    with pytest.raises(PortalAddressError) as caught:
+        client(session).call("server.time")
+    assert "'portal.test' does not resolve" in caught.value.message
+    assert "abc123secret" not in caught.value.message
+    assert caught.value.exit_code == 2 and len(session.sent) == 1
+
+
+def test_a_tls_mismatch_stops_at_once_naming_the_host_and_the_scheme() -> None:
+    session = FakeSession([requests.exceptions.SSLError("wrong version number")])
+    auth = WebhookAuth("https://portal.test/rest/1/abc123secret/")
+    c = Client(auth, session=session, sleep=lambda s: None)
+    with pytest.raises(PortalAddressError, match=r"TLS with portal.test:443 failed.*http://"):
+        c.call("server.time")
+    assert len(session.sent) == 1
+
+
+def test_a_streamed_error_body_cut_short_stays_a_refused_link() -> None:
+    class Cut(io.BytesIO):
+        def read(self, *args: Any, **kwargs: Any) -> bytes:
+            raise requests.exceptions.ChunkedEncodingError("connection broken")
+
+    resp = response(404, b"", "application/json")
+    resp.raw = Cut()
+    session = FakeSession([resp])
+    with pytest.raises(LinkRefused), client(session).open_download("http://portal.test/rest/download.json"):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("content_type", "first", "refused"),
+    [
+        ("text/html", b"", True),
+        ("application/json", b"", True),
+        ("", b"<!DOCTYPE html><html><form>login</form>", True),
+        ("application/octet-stream", b"\n  <html lang=ru><head>", True),
+        ("image/jpeg", b'{"error": "expired_token", "error_description": "x"}', True),
+        ("image/jpeg", b"\xff\xd8\xff\xe0\x00\x10JFIF", False),
+        ("image/png", b"\x89PNG\r\n\x1a\n", False),
+        ("image/svg+xml", b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg">', False),
+        ("image/svg+xml", b"<svg viewBox='0 0 1 1'></svg>", False),
+        ("image/webp", b"RIFF\x00\x00\x00\x00WEBPVP8 ", False),
+        ("application/octet-stream", b"GIF89a", False),
+    ],
+)
+def test_what_is_not_the_file(content_type: str, first: bytes, refused: bool) -> None:
+    assert bool(not_the_file(content_type, first)) is refused
+
+
+def test_product_image_pages_are_followed_and_an_unfinished_listing_says_so() -> None:
+    """``catalog.productImage.list`` with ``next``: the client asks again from there, in the next batch."""
+    pages = {0: ([1, 2], 2), 2: ([3, 4], 4), 4: ([5], None)}
+
+    def answer(url: str, kwargs: dict[str, Any]) -> requests.Response:
+        cmd = kwargs["json"]["cmd"]
+        results, nexts, totals = {}, {}, {}
+        for key, command in cmd.items():
+            start = int(command.split("start=")[1]) if "start=" in command else 0
+            ids, nxt = pages[start]
+            results[key] = {"productImages": [{"id": i, "productId": 7, "name": f"{i}.jpg"} for i in ids]}
+            totals[key] = 5
+            if nxt is not None:
+                nexts[key] = nxt
+        body = {
+            "result": {"result": results, "result_error": [], "result_total": totals, "result_next": nexts}
+        }
+        return response(200, _json.dumps(body).encode())
+
+    session = FakeSession(answer)
+    listing = client(session).list_images([7])[7]
+    assert not isinstance(listing, ImageError)
+    assert [img.image_id for img in listing.images] == [1, 2, 3, 4, 5] and listing.complete
+    assert len(session.sent) == 3
+
+    import imgsync.bitrix as bitrix
+
+    old, bitrix.MAX_LIST_PAGES = bitrix.MAX_LIST_PAGES, 2
+    try:
+        listing = client(FakeSession(answer)).list_images([7])[7]
+    finally:
+        bitrix.MAX_LIST_PAGES = old
+    assert not isinstance(listing, ImageError)
+    assert [img.image_id for img in listing.images] == [1, 2, 3, 4] and not listing.complete
+
+
+def test_a_refused_connection_is_retried_briefly_then_names_host_and_port() -> None:
+    from urllib3.exceptions import NewConnectionError
+
+    refused = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")  # type: ignore[arg-type]
+    session = FakeSession(lambda url, kw: requests.ConnectionError(refused))
+    with pytest.raises(PortalUnavailable, match=r"cannot be reached at portal.test:80"):
+        client(session, attempts=8).call("server.time")
+    assert len(session.sent) == 3
