@@ -811,7 +811,9 @@ class Portal:
         except (KeyError, ValueError, IndexError):
             raise failed from None
         key = f"oauth|{auth}" if auth else self._webhook_key()
-        if scope != "catalog" or not hmac.compare_digest(signature, self._sign(payload, issued, key)):
+        # Bytes, not str: a tampered link may decode to non-ASCII text, which compare_digest refuses.
+        expected = self._sign(payload, issued, key).encode()
+        if scope != "catalog" or not hmac.compare_digest(signature.encode(), expected):
             raise failed
         if auth:
             self._check_access_token(auth)
