@@ -39,7 +39,33 @@ NGINX_404 = (
     b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
     b"<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+NGINX_504 = (
+    b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n"
+    b"<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+NGINX_302 = (
+    b"<html>\r\n<head><title>302 Found</title></head>\r\n<body>\r\n"
+    b"<center><h1>302 Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+#: What a download answers when the portal sends its login form instead of the file.
+LOGIN_PAGE = (
+    b'<!DOCTYPE html><html lang="en"><head><meta charset="UTF-8"><title>Authorization</title></head>'
+    b'<body class="bx-login"><div class="login-box"><h1>Bitrix24</h1>'
+    b'<form name="form_auth" method="post" target="_top" action="/auth/?login=yes">'
+    b'<input type="hidden" name="AUTH_FORM" value="Y"><input type="hidden" name="TYPE" value="AUTH">'
+    b'<input type="text" name="USER_LOGIN" placeholder="Login"><input type="password" name="USER_PASSWORD">'
+    b'<input type="submit" name="Login" value="Log In"></form></div></body></html>'
+)
 _HTML = "text/html"
+_HTML_UTF8 = "text/html; charset=UTF-8"
+_JSON_DOWNLOAD_ERROR = {
+    "error": "ERROR_UNEXPECTED_ANSWER",
+    "error_description": "Server returned an unexpected response.",
+}
 _QUERY_LIMIT = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
 _OVERLOAD = {"error": "OVERLOAD_LIMIT", "error_description": "REST API is blocked due to overload"}
 _INTERNAL = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}
@@ -49,8 +75,15 @@ _INTERNAL = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal se
 class Faults:
     """Injected failures. Rates are fractions of requests (1.0 = every one); the RNG is seeded.
 
-    ``rate_503``, ``rate_500`` and ``drop_rate`` hit REST calls and/or downloads as ``apply_to`` says;
-    ``truncate_rate`` and ``slow_download`` hit downloads only. The OAuth endpoint is never faulted.
+    ``rate_503``, ``rate_500``, ``drop_rate``, ``rate_502``, ``rate_504`` (nginx's HTML error pages) and
+    ``rate_stall`` hit REST calls and/or downloads as ``apply_to`` says. REST only: ``rate_cut_json`` (the
+    real answer, its body cut in half, Content-Length matching the cut) and ``rate_empty`` (200 with an
+    empty body). Downloads only: ``truncate_rate``, ``slow_download``, ``rate_html_download`` and
+    ``html_downloads`` (200 ``text/html`` login page; ``html_downloads`` = the next N downloads, counted
+    down), ``rate_json_download`` (200 ``application/json`` error body) and ``chunked_downloads`` (the
+    file without Content-Length, ``Transfer-Encoding: chunked``). A stall sends the real answer's headers
+    and half its body, then waits ``stall_seconds`` before the rest (the wait ends, and the connection
+    drops, when the portal stops). The OAuth endpoint is never faulted.
     """
 
     rate_503: float = 0.0
@@ -60,6 +93,16 @@ class Faults:
     slow_download: float = 0.0
     apply_to: str = "all"
     seed: int = 0
+    rate_502: float = 0.0
+    rate_504: float = 0.0
+    rate_cut_json: float = 0.0
+    rate_empty: float = 0.0
+    rate_stall: float = 0.0
+    stall_seconds: float = 30.0
+    rate_html_download: float = 0.0
+    html_downloads: int = 0
+    rate_json_download: float = 0.0
+    chunked_downloads: bool = False
     _rng: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,9 +124,12 @@ class Faults:
 class Stats:
     """What the portal has seen. ``portal.stats`` is a snapshot; ``as_dict()`` gives plain JSON types.
 
-    ``injected`` counts by kind: ``"503"``, ``"500"``, ``"drop"``, ``"truncate"``, ``"slow"``, and the
-    switches ``"overload"`` and ``"operation_limit"``. ``download_bytes`` counts body bytes actually sent
-    (cut-short bodies included); ``downloads_served`` only complete 200 bodies.
+    ``injected`` counts by kind: ``"503"``, ``"500"``, ``"502"``, ``"504"``, ``"drop"``, ``"cut_json"``,
+    ``"empty"``, ``"stall"``, ``"html"``, ``"json_error"``, ``"chunked"``, ``"truncate"``, ``"slow"``, and
+    the switches ``"overload"`` and ``"operation_limit"``. ``download_bytes`` counts body bytes actually
+    sent (cut-short bodies included); ``downloads_served`` only complete 200 bodies. ``by_address``
+    counts every HTTP request by the ``host:port`` it arrived at (the old address of a renamed portal
+    included); ``redirected`` the 302s the old address answered (these are not in ``requests``).
     """
 
     requests: int = 0
@@ -94,6 +140,8 @@ class Stats:
     rejected_503: int = 0
     injected: Counter[str] = field(default_factory=Counter)
     max_bucket_level: float = 0.0
+    by_address: Counter[str] = field(default_factory=Counter)
+    redirected: int = 0
 
     def copy(self) -> Stats:
         return replace(
@@ -101,6 +149,7 @@ class Stats:
             by_method=Counter(self.by_method),
             batch_commands=Counter(self.batch_commands),
             injected=Counter(self.injected),
+            by_address=Counter(self.by_address),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,6 +162,8 @@ class Stats:
             "rejected_503": self.rejected_503,
             "injected": dict(self.injected),
             "max_bucket_level": self.max_bucket_level,
+            "by_address": dict(self.by_address),
+            "redirected": self.redirected,
         }
 
     def __getitem__(self, key: str) -> Any:
@@ -223,6 +274,14 @@ def _disposition(name: str) -> str:
     return value
 
 
+def _serve(server: PortalServer, name: str) -> threading.Thread:
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+    )
+    thread.start()
+    return thread
+
+
 def _browser_like(headers: Any) -> bool:
     """The headers the docs require on a download; without them nginx answers 404."""
     return bool(
@@ -298,6 +357,12 @@ class Portal:
         self._url = ""
         self._server: PortalServer | None = None
         self._thread: threading.Thread | None = None
+        # The old address of a renamed portal (see rename()).
+        self._old_port = 0
+        self._old_server: PortalServer | None = None
+        self._old_thread: threading.Thread | None = None
+        #: ``(verb, path?query)`` of every request that reached the old address of a renamed portal.
+        self.old_address_requests: list[tuple[str, str]] = []
 
         with self._state_lock:
             for image in catalog:
@@ -313,23 +378,55 @@ class Portal:
         self._port = server.server_port
         self._url = f"http://127.0.0.1:{self._port}"
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bitrix24-emulator", daemon=True
-        )
-        self._thread.start()
+        self._thread = _serve(server, "bitrix24-emulator")
+        if self._old_port:
+            self._listen_old()
         return self
 
     def stop(self) -> None:
-        """Stop listening and cut every open connection. The portal may be started again."""
+        """Stop listening (on the old address too) and cut every open connection. It may be started again."""
         server, thread = self._server, self._thread
         if server is None:
             return
         self._server = self._thread = None
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        old, old_thread = self._old_server, self._old_thread
+        self._old_server = self._old_thread = None
+        for srv, thr in ((server, thread), (old, old_thread)):
+            if srv is None:
+                continue
+            srv.stopping.set()
+            srv.shutdown()
+            srv.close_connections()
+            srv.server_close()
+            if thr is not None:
+                thr.join(timeout=5)
+
+    def rename(self) -> str:
+        """The portal moves: from now on a second port, the *old address*, answers every request with
+        ``302 Found`` and a ``Location`` on the current address (same path and query string), as Bitrix24
+        does after an address change (change-domain.md). Returns :attr:`old_webhook_url`.
+
+        The portal must be running; the old address stays (across restarts) until the portal is dropped.
+        """
+        if self._server is None:
+            raise RuntimeError("the portal has not been started")
+        if self._old_server is None:
+            self._listen_old()
+        return self.old_webhook_url
+
+    def _listen_old(self) -> None:
+        server = PortalServer(self._old_port, self._redirect)
+        self._old_port = server.server_port
+        self._old_server = server
+        self._old_thread = _serve(server, "bitrix24-emulator-old-address")
+
+    def _redirect(self, request: Request) -> Reply:
+        target = request.path + (f"?{request.query}" if request.query else "")
+        with self._lock:
+            self._stats.by_address[f"127.0.0.1:{self._old_port}"] += 1
+            self._stats.redirected += 1
+            self.old_address_requests.append((request.verb, target))
+        return Reply(302, NGINX_302, _HTML, [("Location", self.url + target)], delay=self.latency)
 
     def __enter__(self) -> Portal:
         return self.start()
@@ -352,6 +449,18 @@ class Portal:
     @property
     def token_url(self) -> str:
         return f"{self.url}/oauth/token/"
+
+    @property
+    def old_url(self) -> str:
+        """The old address of a renamed portal (see :meth:`rename`)."""
+        if not self._old_port:
+            raise RuntimeError("the portal has not been renamed")
+        return f"http://127.0.0.1:{self._old_port}"
+
+    @property
+    def old_webhook_url(self) -> str:
+        """The webhook URL on the old address: what a client configured before the rename still uses."""
+        return f"{self.old_url}/rest/{self.webhook_user}/{self.webhook_code}/"
 
     # ----------------------------------------------------------------- catalog
 
@@ -508,27 +617,70 @@ class Portal:
                 self._stats.max_bucket_level = self._level
             return True
 
-    def _admit(self, label: str, kind: str, counted: bool) -> Reply | None:
-        """Count the request, then apply overload, injected faults and the bucket, in that order."""
+    def _admit(self, label: str, kind: str, counted: bool) -> tuple[Reply | None, str]:
+        """Count the request, then apply overload, injected faults and the bucket, in that order.
+
+        Returns an early answer, or None and how to mangle the real answer (``""``, ``"cut_json"``,
+        ``"stall"``). A faulted request never enters the bucket.
+        """
         self._count(label)
         delay = self.latency
         if self.overload:
             self._inject("overload")
-            return json_reply(503, _OVERLOAD, delay)
+            return json_reply(503, _OVERLOAD, delay), ""
         faults = self.faults
+        mangle = ""
         if faults.applies_to(kind):
             if faults.roll(faults.drop_rate):
                 self._inject("drop")
-                return Reply(drop=True, delay=delay)
+                return Reply(drop=True, delay=delay), ""
             if faults.roll(faults.rate_503):
                 self._inject("503")
-                return json_reply(503, _QUERY_LIMIT, delay)
+                return json_reply(503, _QUERY_LIMIT, delay), ""
             if faults.roll(faults.rate_500):
                 self._inject("500")
-                return json_reply(500, _INTERNAL, delay)
-        if counted and not self._take():
-            return json_reply(503, _QUERY_LIMIT, delay)
-        return None
+                return json_reply(500, _INTERNAL, delay), ""
+            if faults.roll(faults.rate_502):
+                self._inject("502")
+                return Reply(502, NGINX_502, _HTML, delay=delay), ""
+            if faults.roll(faults.rate_504):
+                self._inject("504")
+                return Reply(504, NGINX_504, _HTML, delay=delay), ""
+            if faults.roll(faults.rate_stall):
+                mangle = "stall"
+        if kind == "rest" and not mangle:
+            if faults.roll(faults.rate_empty):
+                self._inject("empty")
+                return Reply(200, b"", delay=delay), ""
+            if faults.roll(faults.rate_cut_json):
+                mangle = "cut_json"
+        if kind == "download" and not mangle:
+            if self._next_html(faults) or faults.roll(faults.rate_html_download):
+                self._inject("html")
+                return Reply(200, LOGIN_PAGE, _HTML_UTF8, delay=delay), ""
+            if faults.roll(faults.rate_json_download):
+                self._inject("json_error")
+                return json_reply(200, _JSON_DOWNLOAD_ERROR, delay), ""
+        if mangle:
+            self._inject(mangle)
+        elif counted and not self._take():
+            return json_reply(503, _QUERY_LIMIT, delay), ""
+        return None, mangle
+
+    def _next_html(self, faults: Faults) -> bool:
+        with self._lock:
+            if faults.html_downloads > 0:
+                faults.html_downloads -= 1
+                return True
+        return False
+
+    def _mangle(self, reply: Reply, mangle: str) -> Reply:
+        """Apply a fault chosen by :meth:`_admit` to the real answer."""
+        if mangle == "stall":
+            reply.stall = self.faults.stall_seconds
+        elif mangle == "cut_json":
+            reply.body = bytes(reply.body[: len(reply.body) // 2])
+        return reply
 
     def _account(
         self, name: str, seconds: float, now: float, related: Iterable[str] = ()
@@ -571,6 +723,8 @@ class Portal:
 
     def handle(self, request: Request) -> Reply:
         """Answer one HTTP request (called by the server's threads)."""
+        with self._lock:
+            self._stats.by_address[f"127.0.0.1:{self._port}"] += 1
         try:
             segs = [s for s in request.path.split("/") if s]
             if segs and segs[0] == "rest":
@@ -589,9 +743,12 @@ class Portal:
         hook = (segs[0], segs[1]) if len(segs) >= 2 else None
         raw = segs[0] if hook is None else "/".join(segs[2:])
         method = _METHODS.get(_method_name(raw))
-        early = self._admit(method.name if method else raw or "(none)", "rest", counted=True)
+        early, mangle = self._admit(method.name if method else raw or "(none)", "rest", counted=True)
         if early is not None:
             return early
+        return self._mangle(self._rest_answer(request, hook, method), mangle)
+
+    def _rest_answer(self, request: Request, hook: tuple[str, str] | None, method: _Method | None) -> Reply:
         delay = self.latency
         start = time.time()
         try:
@@ -822,9 +979,12 @@ class Portal:
         return file_id, nonce
 
     def _download(self, request: Request) -> Reply:
-        early = self._admit("download", "download", counted=self.count_downloads)
+        early, mangle = self._admit("download", "download", counted=self.count_downloads)
         if early is not None:
             return early
+        return self._mangle(self._download_answer(request), mangle)
+
+    def _download_answer(self, request: Request) -> Reply:
         delay = self.latency
         try:
             file_id, nonce = self._open_link(request.query)
@@ -849,10 +1009,13 @@ class Portal:
         faults = self.faults
         truncate = faults.roll(faults.truncate_rate)
         slow = faults.slow_download
+        chunked = faults.chunked_downloads
         if truncate:
             self._inject("truncate")
         if slow > 0:
             self._inject("slow")
+        if chunked:
+            self._inject("chunked")
         return Reply(
             200,
             image.content,
@@ -861,6 +1024,7 @@ class Portal:
             delay=delay,
             truncate=truncate,
             slow=slow,
+            chunked=chunked,
             on_sent=self._download_sent,
         )
 
