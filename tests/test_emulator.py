@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import parse_qs, quote, urlsplit
@@ -18,8 +20,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import requests
 import urllib3
+from PIL import Image
 
 from imgsync.emulator import CatalogImage, Faults, Portal, make_catalog
+from imgsync.emulator.catalog import content_type_for
 
 CODE = "k3y5ecr3tw3bh00k"
 
@@ -89,6 +93,34 @@ def test_make_catalog_is_deterministic_and_well_formed() -> None:
         assert image.sha256 == hashlib.sha256(image.content).hexdigest()
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+02:00", image.create_time)
         assert re.fullmatch(rf"/upload/iblock/[0-9a-f]{{3}}/[a-z0-9]{{32}}/{image.name}", image.detail_url)
+
+
+@pytest.mark.parametrize(("min_size", "max_size"), [(100, 200), (1000, 20000), (70_001, 70_001)])
+def test_make_catalog_pictures_are_real(min_size: int, max_size: int) -> None:
+    images = make_catalog(products=6, images_per_product=4, min_size=min_size, max_size=max_size, seed=3)
+    formats = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+    seen = set()
+    for image in images:
+        with Image.open(io.BytesIO(image.content)) as picture:
+            picture.load()
+            assert picture.format == formats[image.name.rsplit(".", 1)[1]], image.name
+            assert picture.width >= 1 and picture.mode in ("L", "RGB")
+            seen.add((picture.format, picture.size, picture.getpixel((picture.width // 2, 0))))
+        assert min_size <= image.size <= max_size, (image.name, image.size)
+        assert content_type_for(image.name) == image.content_type
+        if image.name.endswith(".png"):  # libpng checks every chunk's CRC; Pillow skips some
+            data, at = image.content, 8
+            while at < len(data):
+                length = int.from_bytes(data[at : at + 4], "big")
+                body = data[at + 4 : at + 8 + length]
+                assert zlib.crc32(body) == int.from_bytes(data[at + 8 + length : at + 12 + length], "big")
+                at += 12 + length
+            assert body == b"IEND"
+    assert len({image.content for image in images}) == len(images)
+    assert {name.rsplit(".", 1)[1] for name in (i.name for i in images)} == {"jpg", "png", "webp"}
+    assert len(seen) > 3  # different colours and sizes, not one picture padded many times
+    again = make_catalog(products=6, images_per_product=4, min_size=min_size, max_size=max_size, seed=3)
+    assert [i.content for i in again] == [i.content for i in images]
 
 
 # ------------------------------------------------------------------ get / list

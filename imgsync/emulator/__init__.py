@@ -12,6 +12,17 @@ docs summarised in ``bitrix24-api-notes.md``::
 
 Run it alone with ``python -m imgsync.emulator --products 100`` (see ``__main__``).
 
+Sample catalog
+--------------
+:func:`make_catalog` makes real pictures (Pillow opens and fully loads each): ``photo-<id>.jpg`` for
+even ids, ``.png`` for odd ones, ``.webp`` when id % 4 == 3; a gradient with a disc in a hue taken from
+the id, 1 to 256 pixels square, padded to a size drawn from ``[min_size, max_size]`` with bytes decoders
+skip (JPEG COM segments after the JFIF header, a private ``imGs`` PNG chunk before IEND, an unknown
+``IMGS`` chunk of an extended-format WebP) that start with ``imgsync image <id>;``, so every file is
+distinct. The same arguments give the same bytes. A file is never smaller than the smallest picture of
+its type (a 1x1 picture plus the tag: about 150 bytes for JPEG, 90 for PNG, 70 for WebP), even when
+``max_size`` is; an odd-sized WebP keeps one byte after its RIFF container when ``min_size == max_size``.
+
 Endpoints
 ---------
 - ``/rest/{user}/{code}/{method}[.json]`` (webhook) and ``/rest/{method}[.json]`` with ``auth`` in the
