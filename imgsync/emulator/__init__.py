@@ -166,7 +166,25 @@ URLs are ``portal.old_url`` and ``portal.old_webhook_url``. Each request the old
 ``by_method``). The old address stays across ``stop()``/``start()``.
 """
 
-from .catalog import CatalogImage, make_catalog
+from .catalog import (
+    OFFER_IBLOCK_ID,
+    PRODUCT_IBLOCK_ID,
+    CatalogImage,
+    CatalogItem,
+    make_catalog,
+    make_store_catalog,
+)
 from .portal import MAX_BATCH, Faults, Portal, Stats
 
-__all__ = ["MAX_BATCH", "CatalogImage", "Faults", "Portal", "Stats", "make_catalog"]
+__all__ = [
+    "MAX_BATCH",
+    "OFFER_IBLOCK_ID",
+    "PRODUCT_IBLOCK_ID",
+    "CatalogImage",
+    "CatalogItem",
+    "Faults",
+    "Portal",
+    "Stats",
+    "make_catalog",
+    "make_store_catalog",
+]

@@ -14,7 +14,15 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
-__all__ = ["CatalogImage", "content_type_for", "make_catalog", "random_detail_url", "PORTAL_TZ"]
+__all__ = [
+    "CatalogImage",
+    "CatalogItem",
+    "content_type_for",
+    "make_catalog",
+    "make_store_catalog",
+    "random_detail_url",
+    "PORTAL_TZ",
+]
 
 #: The portal's time zone, as in the docs' examples ("2024-10-17T10:48:05+02:00").
 PORTAL_TZ = timezone(timedelta(hours=2))
@@ -262,3 +270,112 @@ def make_catalog(
             )
             image_id += 1
     return images
+
+
+# ----------------------------------------------------------------- the whole catalog
+
+#: The trade catalogs of the emulated portal: products (and sets, parents, services) and variations.
+PRODUCT_IBLOCK_ID = 23
+OFFER_IBLOCK_ID = 25
+#: The variation catalog's property that links a variation to its parent (``skuPropertyId``).
+SKU_PROPERTY_ID = 97
+#: The MORE_PHOTO file property of each catalog (``property<N>`` in listings).
+MORE_PHOTO_PROPERTY_ID = {PRODUCT_IBLOCK_ID: 120, OFFER_IBLOCK_ID: 121}
+
+#: Item types as the docs number them.
+SIMPLE, SET, SKU, OFFER, FREE_OFFER, EMPTY_SKU, SERVICE = 1, 2, 3, 4, 5, 6, 7
+_TYPE_NAMES = {
+    1: "Product",
+    2: "Set",
+    3: "Parent product",
+    4: "Variation",
+    5: "Variation",
+    6: "Parent",
+    7: "Service",
+}
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """One element of a trade catalog: a product, set, parent, variation or service.
+
+    ``iblock_id`` 0 means "from the type": variations (4, 5) live in the variation catalog, everything
+    else in the product catalog. A variation (4) names its ``parent_id``.
+    """
+
+    id: int
+    type: int = SIMPLE
+    name: str = ""
+    iblock_id: int = 0
+    parent_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPE_NAMES:
+            raise ValueError(f"unknown item type {self.type}")
+        if not self.iblock_id:
+            iblock = OFFER_IBLOCK_ID if self.type in (OFFER, FREE_OFFER) else PRODUCT_IBLOCK_ID
+            object.__setattr__(self, "iblock_id", iblock)
+        if not self.name:
+            object.__setattr__(self, "name", f"{_TYPE_NAMES[self.type]} {self.id}")
+
+
+def make_store_catalog(
+    products: int = 10,
+    *,
+    sets: int = 0,
+    parents: int = 0,
+    variations_per_parent: int = 2,
+    services: int = 0,
+    images_per_item: int = 2,
+    min_size: int = 1000,
+    max_size: int = 20000,
+    seed: int = 1,
+    first_item_id: int = 100,
+    first_image_id: int = 1000,
+) -> tuple[list[CatalogItem], list[CatalogImage]]:
+    """A whole catalog, the same for the same arguments: ``(items, images)`` for ``Portal(images, items=...)``.
+
+    Item ids increase from ``first_item_id`` in this order: ``products`` simple products, ``sets`` sets,
+    ``parents`` parent products each followed by its ``variations_per_parent`` variations (a parent with
+    none is type 6, "empty"), then ``services``. Every item, parents and variations included, gets
+    ``images_per_item`` pictures: the first is its ``DETAIL_PICTURE``, the second its ``PREVIEW_PICTURE``,
+    the rest ``MORE_PHOTO``; contents as in :func:`make_catalog`.
+    """
+    if min(products, sets, parents, variations_per_parent, services, images_per_item) < 0:
+        raise ValueError("counts must not be negative")
+    if not 0 <= min_size <= max_size:
+        raise ValueError("need 0 <= min_size <= max_size")
+    items: list[CatalogItem] = []
+    ids = iter(range(first_item_id, 1 << 62))
+    items += [CatalogItem(next(ids), SIMPLE) for _ in range(products)]
+    items += [CatalogItem(next(ids), SET) for _ in range(sets)]
+    for _ in range(parents):
+        parent = CatalogItem(next(ids), SKU if variations_per_parent else EMPTY_SKU)
+        items.append(parent)
+        items += [CatalogItem(next(ids), OFFER, parent_id=parent.id) for _ in range(variations_per_parent)]
+    items += [CatalogItem(next(ids), SERVICE) for _ in range(services)]
+
+    rng = random.Random(seed)
+    base = datetime(2024, 10, 17, 10, 48, 5, tzinfo=PORTAL_TZ)
+    images: list[CatalogImage] = []
+    image_id = first_image_id
+    for item in items:
+        for k in range(images_per_item):
+            ext = _ext_for(image_id)
+            name = f"photo-{image_id}{ext}"
+            created = base + timedelta(seconds=rng.randrange(300 * 86400))
+            images.append(
+                CatalogImage(
+                    product_id=item.id,
+                    image_id=image_id,
+                    name=name,
+                    type=("DETAIL_PICTURE", "PREVIEW_PICTURE")[k] if k < 2 else "MORE_PHOTO",
+                    content=sample_picture(
+                        image_id, ext, rng.randint(min_size, max_size), rng, min_size, max_size
+                    ),
+                    create_time=created.isoformat(),
+                    detail_url=random_detail_url(name, rng),
+                )
+            )
+            image_id += 1
+    return items, images
