@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import re
 import signal
@@ -11,13 +12,18 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import requests
+import urllib3
+from PIL import Image
 
 from imgsync.emulator import CatalogImage, Faults, Portal, make_catalog
+from imgsync.emulator.catalog import content_type_for
 
 CODE = "k3y5ecr3tw3bh00k"
 
@@ -87,6 +93,34 @@ def test_make_catalog_is_deterministic_and_well_formed() -> None:
         assert image.sha256 == hashlib.sha256(image.content).hexdigest()
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+02:00", image.create_time)
         assert re.fullmatch(rf"/upload/iblock/[0-9a-f]{{3}}/[a-z0-9]{{32}}/{image.name}", image.detail_url)
+
+
+@pytest.mark.parametrize(("min_size", "max_size"), [(100, 200), (1000, 20000), (70_001, 70_001)])
+def test_make_catalog_pictures_are_real(min_size: int, max_size: int) -> None:
+    images = make_catalog(products=6, images_per_product=4, min_size=min_size, max_size=max_size, seed=3)
+    formats = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+    seen = set()
+    for image in images:
+        with Image.open(io.BytesIO(image.content)) as picture:
+            picture.load()
+            assert picture.format == formats[image.name.rsplit(".", 1)[1]], image.name
+            assert picture.width >= 1 and picture.mode in ("L", "RGB")
+            seen.add((picture.format, picture.size, picture.getpixel((picture.width // 2, 0))))
+        assert min_size <= image.size <= max_size, (image.name, image.size)
+        assert content_type_for(image.name) == image.content_type
+        if image.name.endswith(".png"):  # libpng checks every chunk's CRC; Pillow skips some
+            data, at = image.content, 8
+            while at < len(data):
+                length = int.from_bytes(data[at : at + 4], "big")
+                body = data[at + 4 : at + 8 + length]
+                assert zlib.crc32(body) == int.from_bytes(data[at + 8 + length : at + 12 + length], "big")
+                at += 12 + length
+            assert body == b"IEND"
+    assert len({image.content for image in images}) == len(images)
+    assert {name.rsplit(".", 1)[1] for name in (i.name for i in images)} == {"jpg", "png", "webp"}
+    assert len(seen) > 3  # different colours and sizes, not one picture padded many times
+    again = make_catalog(products=6, images_per_product=4, min_size=min_size, max_size=max_size, seed=3)
+    assert [i.content for i in again] == [i.content for i in images]
 
 
 # ------------------------------------------------------------------ get / list
@@ -685,3 +719,159 @@ def test_module_cli_prints_urls_and_stats() -> None:
         proc.kill()
     assert proc.returncode == 0
     assert json.loads(err)["by_method"] == {"catalog.productImage.get": 1}
+
+
+# ------------------------------------------------------------------ web-tier faults
+
+
+def test_download_answered_with_login_page_or_json_error(portal: Portal, session: requests.Session) -> None:
+    image = portal.image(100, 1000)
+    url = get_image(session, portal, 100, 1000)["downloadUrl"]
+    portal.faults = Faults(html_downloads=2)
+    for _ in range(2):
+        r = download(session, portal, url)
+        assert r.status_code == 200
+        assert r.headers["Content-Type"] == "text/html; charset=UTF-8"
+        assert r.text.startswith("<!DOCTYPE html><html") and "<form" in r.text and "USER_LOGIN" in r.text
+        assert r.headers["Content-Length"] == str(len(r.content))
+    assert download(session, portal, url).content == image.content  # only the next two
+    portal.faults = Faults(rate_html_download=1.0)
+    assert download(session, portal, url).headers["Content-Type"].startswith("text/html")
+    portal.faults = Faults(rate_json_download=1.0)
+    r = download(session, portal, url)
+    assert (r.status_code, r.headers["Content-Type"]) == (200, "application/json; charset=utf-8")
+    assert set(r.json()) == {"error", "error_description"}
+    portal.faults = Faults(rate_html_download=1.0, rate_json_download=1.0)
+    assert call(session, portal, "scope").status_code == 200  # REST is not touched
+    assert portal.stats.injected == {"html": 3, "json_error": 1}
+    assert portal.stats.downloads_served == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "title"),
+    [("rate_502", 502, "502 Bad Gateway"), ("rate_504", 504, "504 Gateway Time-out")],
+)
+def test_proxy_error_pages(
+    portal: Portal, session: requests.Session, fault: str, status: int, title: str
+) -> None:
+    url = get_image(session, portal, 100, 1000)["downloadUrl"]
+    portal.faults = Faults(**{fault: 1.0})
+    for r in (call(session, portal, "scope"), download(session, portal, url)):
+        assert (r.status_code, r.headers["Content-Type"]) == (status, "text/html")
+        assert f"<title>{title}</title>" in r.text and "<center>nginx</center>" in r.text
+    portal.faults = Faults(**{fault: 1.0}, apply_to="download")
+    assert call(session, portal, "scope").status_code == 200
+    assert portal.stats.injected == {str(status): 2}
+
+
+def test_cut_and_empty_json_answers(portal: Portal, session: requests.Session) -> None:
+    whole = call(session, portal, "catalog.productImage.list", productId=100, select=["id", "name"]).content
+    portal.faults = Faults(rate_cut_json=1.0)
+    r = call(session, portal, "catalog.productImage.list", productId=100, select=["id", "name"])
+    assert r.status_code == 200 and r.headers["Content-Length"] == str(len(r.content))
+    assert 0 < len(r.content) < len(whole) and r.content[:60] == whole[:60]
+    with pytest.raises(ValueError):
+        r.json()
+    portal.faults = Faults(rate_empty=1.0)
+    r = call(session, portal, "scope")
+    assert (r.status_code, r.content, r.headers["Content-Length"]) == (200, b"", "0")
+    assert portal.stats.injected == {"cut_json": 1, "empty": 1}
+
+
+def test_fault_rates_are_exact_in_stats_and_skip_the_bucket(catalog: list[CatalogImage]) -> None:
+    with Portal(catalog, rate_limit=0.0, burst=100) as portal, requests.Session() as s:
+        portal.faults = Faults(rate_502=0.1, rate_504=0.1, rate_cut_json=0.1, rate_empty=0.1, seed=5)
+        seen: Counter[str] = Counter()
+        for _ in range(100):
+            r = call(s, portal, "scope")
+            if r.status_code in (502, 504):
+                seen[str(r.status_code)] += 1
+            elif not r.content:
+                seen["empty"] += 1
+            else:
+                try:
+                    r.json()
+                except ValueError:
+                    seen["cut_json"] += 1
+                else:
+                    seen["ok"] += 1
+        injected = portal.stats.injected
+        assert dict(injected) == {k: v for k, v in seen.items() if k != "ok"}
+        assert 20 < sum(injected.values()) < 60
+        # Only the answers that were not faulted went into the bucket (a cut answer did not either).
+        assert portal.bucket_level() == seen["ok"]
+
+
+def test_stalled_answers_need_a_read_timeout(portal: Portal, session: requests.Session) -> None:
+    image = portal.image(100, 1000)
+    url = get_image(session, portal, 100, 1000)["downloadUrl"]
+    portal.faults = Faults(rate_stall=1.0, stall_seconds=30.0)
+    started = time.monotonic()
+    with pytest.raises(requests.ConnectionError, match="timed out"):
+        session.post(portal.webhook_url + "scope", json={}, timeout=0.5)
+    r = session.get(url, headers=browser_headers(portal), timeout=0.5, stream=True)
+    assert r.status_code == 200 and r.headers["Content-Length"] == str(image.size)
+    with pytest.raises(requests.ConnectionError, match="timed out"):
+        r.content  # noqa: B018
+    assert time.monotonic() - started < 5
+    assert portal.stats.injected == {"stall": 2}
+    portal.faults = Faults(rate_stall=1.0, stall_seconds=0.3)  # a short stall: the rest follows
+    assert download(session, portal, url).content == image.content
+
+
+def test_stop_ends_a_stall_at_once(catalog: list[CatalogImage]) -> None:
+    portal = Portal(catalog).start()
+    image = portal.image(100, 1000)
+    r = requests.post(portal.webhook_url + "catalog.productImage.get", json={"productId": 100, "id": 1000})
+    link = r.json()["result"]["productImage"]["downloadUrl"]
+    portal.faults = Faults(rate_stall=1.0, stall_seconds=60.0)
+    r = requests.get(link, headers=browser_headers(portal), stream=True, timeout=30)
+    assert r.raw.read(image.size // 2) == image.content[: image.size // 2]  # then nothing comes
+    started = time.monotonic()
+    threading.Timer(0.2, portal.stop).start()
+    with pytest.raises(urllib3.exceptions.ProtocolError, match="IncompleteRead"):
+        r.raw.read()
+    assert 0.2 <= time.monotonic() - started < 3
+    # The server's thread stopped waiting too (it does not sleep out the 60 s).
+    while any("process_request" in t.name for t in threading.enumerate()) and time.monotonic() - started < 3:
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if "process_request" in t.name]
+
+
+def test_chunked_downloads(portal: Portal, session: requests.Session) -> None:
+    big = portal.add_image(product_id=100, content=bytes(range(256)) * 1000)  # several chunks
+    for image in (portal.image(100, 1000), big):
+        url = get_image(session, portal, 100, image.image_id)["downloadUrl"]
+        portal.faults = Faults(chunked_downloads=True)
+        r = download(session, portal, url)
+        assert r.status_code == 200 and "Content-Length" not in r.headers
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        assert r.content == image.content
+    assert portal.stats.injected == {"chunked": 2}
+    assert portal.stats.downloads_served == 2
+
+
+def test_renamed_portal_redirects_from_the_old_address(portal: Portal, session: requests.Session) -> None:
+    with pytest.raises(RuntimeError):
+        portal.old_url  # noqa: B018
+    old = portal.rename()
+    assert old == portal.old_webhook_url != portal.webhook_url
+    assert old.startswith(portal.old_url + "/rest/1/")
+    r = session.post(
+        old + "catalog.productImage.get?x=1", json={"productId": 100, "id": 1000}, allow_redirects=False
+    )
+    assert r.status_code == 302
+    assert r.headers["Location"] == portal.webhook_url + "catalog.productImage.get?x=1"
+    assert call(session, portal, "catalog.productImage.get", productId=100, id=1000).status_code == 200
+    stats = portal.stats
+    new, moved = portal.url.split("//")[1], portal.old_url.split("//")[1]
+    assert stats.by_address == {moved: 1, new: 1}
+    assert (stats.redirected, stats.requests) == (1, 1)
+    assert portal.old_address_requests == [("POST", f"/rest/1/{CODE}/catalog.productImage.get?x=1")]
+    # The old address answers every path, and stays across a restart.
+    assert session.get(portal.old_url + "/anything", allow_redirects=False).status_code == 302
+    portal.stop()
+    portal.start()
+    assert (
+        session.get(old + "scope", allow_redirects=False).headers["Location"] == portal.webhook_url + "scope"
+    )

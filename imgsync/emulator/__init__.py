@@ -12,6 +12,17 @@ docs summarised in ``bitrix24-api-notes.md``::
 
 Run it alone with ``python -m imgsync.emulator --products 100`` (see ``__main__``).
 
+Sample catalog
+--------------
+:func:`make_catalog` makes real pictures (Pillow opens and fully loads each): ``photo-<id>.jpg`` for
+even ids, ``.png`` for odd ones, ``.webp`` when id % 4 == 3; a gradient with a disc in a hue taken from
+the id, 1 to 256 pixels square, padded to a size drawn from ``[min_size, max_size]`` with bytes decoders
+skip (JPEG COM segments after the JFIF header, a private ``imGs`` PNG chunk before IEND, an unknown
+``IMGS`` chunk of an extended-format WebP) that start with ``imgsync image <id>;``, so every file is
+distinct. The same arguments give the same bytes. A file is never smaller than the smallest picture of
+its type (a 1x1 picture plus the tag: about 150 bytes for JPEG, 90 for PNG, 70 for WebP), even when
+``max_size`` is; an odd-sized WebP keeps one byte after its RIFF container when ``min_size == max_size``.
+
 Endpoints
 ---------
 - ``/rest/{user}/{code}/{method}[.json]`` (webhook) and ``/rest/{method}[.json]`` with ``auth`` in the
@@ -125,9 +136,55 @@ Faults and drops
 ----------------
 A drop closes the socket (shutdown + close) without a byte of answer. Injected 503s are counted in
 ``stats.injected``, not in ``stats.rejected_503``. ``portal.stop()`` also cuts kept-alive connections.
+
+Web-tier faults (:class:`Faults`, all off by default; each counted in ``stats.injected`` by kind; a
+faulted request never enters the leaky bucket). They stand for the proxies and login pages between a
+client and a real portal; the docs describe none of them, so their shapes are the emulator's:
+
+- ``rate_502`` / ``rate_504``: nginx's HTML ``502 Bad Gateway`` / ``504 Gateway Time-out`` page
+  (``text/html``), for REST and/or downloads as ``apply_to`` says.
+- REST only: ``rate_cut_json`` runs the call and sends the first half of its JSON, with a
+  Content-Length that matches the cut body (complete on the wire, invalid as JSON); ``rate_empty``
+  answers 200 with an empty body (Content-Length 0).
+- Downloads only: ``rate_html_download`` (and ``html_downloads=N`` for exactly the next N downloads)
+  answers 200 ``text/html; charset=UTF-8`` with a Bitrix24-style login page (``<!DOCTYPE html><html>
+  ... <form name="form_auth" ...>``); ``rate_json_download`` answers 200 ``application/json``
+  ``{"error": "ERROR_UNEXPECTED_ANSWER", "error_description": ...}``; ``chunked_downloads=True`` sends
+  every file with ``Transfer-Encoding: chunked`` and no Content-Length (the body is exact).
+- ``rate_stall`` (REST and/or downloads): the real answer's headers (full Content-Length) and half its
+  body, then nothing for ``stall_seconds`` (default 30), then the rest; only a client read timeout
+  gets past it. ``portal.stop()`` ends every stall at once and drops its connection.
+
+A renamed portal
+----------------
+``portal.rename()`` (on a running portal) makes a second port, the *old address*, answer every
+request (any path, any verb) with ``302 Found``, an nginx HTML body and ``Location: <current
+url><same path>?<same query>``, as Bitrix24 does after an address change (change-domain.md). The old
+URLs are ``portal.old_url`` and ``portal.old_webhook_url``. Each request the old address saw is in
+``portal.old_address_requests`` as ``(verb, path?query)``; ``stats.by_address`` counts requests per
+``host:port`` and ``stats.redirected`` the 302s (which are not in ``stats.requests``, the bucket or
+``by_method``). The old address stays across ``stop()``/``start()``.
 """
 
-from .catalog import CatalogImage, make_catalog
+from .catalog import (
+    OFFER_IBLOCK_ID,
+    PRODUCT_IBLOCK_ID,
+    CatalogImage,
+    CatalogItem,
+    make_catalog,
+    make_store_catalog,
+)
 from .portal import MAX_BATCH, Faults, Portal, Stats
 
-__all__ = ["MAX_BATCH", "CatalogImage", "Faults", "Portal", "Stats", "make_catalog"]
+__all__ = [
+    "MAX_BATCH",
+    "OFFER_IBLOCK_ID",
+    "PRODUCT_IBLOCK_ID",
+    "CatalogImage",
+    "CatalogItem",
+    "Faults",
+    "Portal",
+    "Stats",
+    "make_catalog",
+    "make_store_catalog",
+]

@@ -13,7 +13,7 @@ import sys
 import threading
 from types import FrameType
 
-from .catalog import make_catalog
+from .catalog import make_catalog, make_store_catalog
 from .portal import Portal
 
 
@@ -32,11 +32,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-count-downloads", action="store_true", help="downloads do not use the bucket")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--oauth", action="store_true", help="also print an OAuth token pair")
+    store = parser.add_argument_group(
+        "whole catalog",
+        "with any of these, --products simple products and the items below, each with --images-per-product pictures",
+    )
+    store.add_argument("--sets", type=int, default=0)
+    store.add_argument("--parents", type=int, default=0, help="parent products with variations")
+    store.add_argument("--variations-per-parent", type=int, default=2)
+    store.add_argument("--services", type=int, default=0)
+    store.add_argument(
+        "--store", action="store_true", help="a whole catalog even without sets/parents/services"
+    )
+    store.add_argument("--image-page-size", type=int, default=None, help="page catalog.productImage.list")
+    store.add_argument("--operating-limit", type=float, default=None, help="seconds per method per window")
+    store.add_argument("--cost-per-call", type=float, default=0.0, help="operating seconds per call")
+    store.add_argument("--operating-window", type=float, default=600.0)
     args = parser.parse_args(argv)
 
-    catalog = make_catalog(args.products, args.images_per_product, args.min_size, args.max_size, args.seed)
+    items = None
+    if args.store or args.sets or args.parents or args.services:
+        items, catalog = make_store_catalog(
+            args.products,
+            sets=args.sets,
+            parents=args.parents,
+            variations_per_parent=args.variations_per_parent,
+            services=args.services,
+            images_per_item=args.images_per_product,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            seed=args.seed,
+        )
+    else:
+        catalog = make_catalog(
+            args.products, args.images_per_product, args.min_size, args.max_size, args.seed
+        )
     portal = Portal(
         catalog,
+        items=items,
+        image_page_size=args.image_page_size,
+        operating_limit=args.operating_limit,
+        cost_per_call=args.cost_per_call,
+        operating_window=args.operating_window,
         rate_limit=args.rate_limit,
         burst=args.burst,
         latency=args.latency,

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import random
+import re
 import secrets
 import threading
 import time
@@ -26,7 +27,23 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from .catalog import PORTAL_TZ, CatalogImage, content_type_for, random_detail_url
+from . import listing
+from .catalog import (
+    EMPTY_SKU,
+    FREE_OFFER,
+    MORE_PHOTO_PROPERTY_ID,
+    OFFER,
+    OFFER_IBLOCK_ID,
+    PORTAL_TZ,
+    PRODUCT_IBLOCK_ID,
+    SERVICE,
+    SKU,
+    SKU_PROPERTY_ID,
+    CatalogImage,
+    CatalogItem,
+    content_type_for,
+    random_detail_url,
+)
 from .server import PortalServer, Reply, Request, json_reply, php_parse
 
 __all__ = ["Faults", "Portal", "Stats", "MAX_BATCH", "OPERATING_WINDOW"]
@@ -39,7 +56,33 @@ NGINX_404 = (
     b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
     b"<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+NGINX_504 = (
+    b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n"
+    b"<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+NGINX_302 = (
+    b"<html>\r\n<head><title>302 Found</title></head>\r\n<body>\r\n"
+    b"<center><h1>302 Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+#: What a download answers when the portal sends its login form instead of the file.
+LOGIN_PAGE = (
+    b'<!DOCTYPE html><html lang="en"><head><meta charset="UTF-8"><title>Authorization</title></head>'
+    b'<body class="bx-login"><div class="login-box"><h1>Bitrix24</h1>'
+    b'<form name="form_auth" method="post" target="_top" action="/auth/?login=yes">'
+    b'<input type="hidden" name="AUTH_FORM" value="Y"><input type="hidden" name="TYPE" value="AUTH">'
+    b'<input type="text" name="USER_LOGIN" placeholder="Login"><input type="password" name="USER_PASSWORD">'
+    b'<input type="submit" name="Login" value="Log In"></form></div></body></html>'
+)
 _HTML = "text/html"
+_HTML_UTF8 = "text/html; charset=UTF-8"
+_JSON_DOWNLOAD_ERROR = {
+    "error": "ERROR_UNEXPECTED_ANSWER",
+    "error_description": "Server returned an unexpected response.",
+}
 _QUERY_LIMIT = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
 _OVERLOAD = {"error": "OVERLOAD_LIMIT", "error_description": "REST API is blocked due to overload"}
 _INTERNAL = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}
@@ -49,8 +92,15 @@ _INTERNAL = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal se
 class Faults:
     """Injected failures. Rates are fractions of requests (1.0 = every one); the RNG is seeded.
 
-    ``rate_503``, ``rate_500`` and ``drop_rate`` hit REST calls and/or downloads as ``apply_to`` says;
-    ``truncate_rate`` and ``slow_download`` hit downloads only. The OAuth endpoint is never faulted.
+    ``rate_503``, ``rate_500``, ``drop_rate``, ``rate_502``, ``rate_504`` (nginx's HTML error pages) and
+    ``rate_stall`` hit REST calls and/or downloads as ``apply_to`` says. REST only: ``rate_cut_json`` (the
+    real answer, its body cut in half, Content-Length matching the cut) and ``rate_empty`` (200 with an
+    empty body). Downloads only: ``truncate_rate``, ``slow_download``, ``rate_html_download`` and
+    ``html_downloads`` (200 ``text/html`` login page; ``html_downloads`` = the next N downloads, counted
+    down), ``rate_json_download`` (200 ``application/json`` error body) and ``chunked_downloads`` (the
+    file without Content-Length, ``Transfer-Encoding: chunked``). A stall sends the real answer's headers
+    and half its body, then waits ``stall_seconds`` before the rest (the wait ends, and the connection
+    drops, when the portal stops). The OAuth endpoint is never faulted.
     """
 
     rate_503: float = 0.0
@@ -60,6 +110,16 @@ class Faults:
     slow_download: float = 0.0
     apply_to: str = "all"
     seed: int = 0
+    rate_502: float = 0.0
+    rate_504: float = 0.0
+    rate_cut_json: float = 0.0
+    rate_empty: float = 0.0
+    rate_stall: float = 0.0
+    stall_seconds: float = 30.0
+    rate_html_download: float = 0.0
+    html_downloads: int = 0
+    rate_json_download: float = 0.0
+    chunked_downloads: bool = False
     _rng: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,9 +141,12 @@ class Faults:
 class Stats:
     """What the portal has seen. ``portal.stats`` is a snapshot; ``as_dict()`` gives plain JSON types.
 
-    ``injected`` counts by kind: ``"503"``, ``"500"``, ``"drop"``, ``"truncate"``, ``"slow"``, and the
-    switches ``"overload"`` and ``"operation_limit"``. ``download_bytes`` counts body bytes actually sent
-    (cut-short bodies included); ``downloads_served`` only complete 200 bodies.
+    ``injected`` counts by kind: ``"503"``, ``"500"``, ``"502"``, ``"504"``, ``"drop"``, ``"cut_json"``,
+    ``"empty"``, ``"stall"``, ``"html"``, ``"json_error"``, ``"chunked"``, ``"truncate"``, ``"slow"``, and
+    the switches ``"overload"`` and ``"operation_limit"``. ``download_bytes`` counts body bytes actually
+    sent (cut-short bodies included); ``downloads_served`` only complete 200 bodies. ``by_address``
+    counts every HTTP request by the ``host:port`` it arrived at (the old address of a renamed portal
+    included); ``redirected`` the 302s the old address answered (these are not in ``requests``).
     """
 
     requests: int = 0
@@ -92,8 +155,11 @@ class Stats:
     downloads_served: int = 0
     download_bytes: int = 0
     rejected_503: int = 0
+    rejected_429: int = 0
     injected: Counter[str] = field(default_factory=Counter)
     max_bucket_level: float = 0.0
+    by_address: Counter[str] = field(default_factory=Counter)
+    redirected: int = 0
 
     def copy(self) -> Stats:
         return replace(
@@ -101,6 +167,7 @@ class Stats:
             by_method=Counter(self.by_method),
             batch_commands=Counter(self.batch_commands),
             injected=Counter(self.injected),
+            by_address=Counter(self.by_address),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,8 +178,11 @@ class Stats:
             "downloads_served": self.downloads_served,
             "download_bytes": self.download_bytes,
             "rejected_503": self.rejected_503,
+            "rejected_429": self.rejected_429,
             "injected": dict(self.injected),
             "max_bucket_level": self.max_bucket_level,
+            "by_address": dict(self.by_address),
+            "redirected": self.redirected,
         }
 
     def __getitem__(self, key: str) -> Any:
@@ -159,6 +229,12 @@ _METHODS = {
     for m in (
         _Method("catalog.productImage.get", "catalog", "_m_get"),
         _Method("catalog.productImage.list", "catalog", "_m_list"),
+        _Method("catalog.catalog.list", "catalog", "_m_catalogs"),
+        _Method("catalog.product.list", "catalog", "_m_products"),
+        _Method("catalog.product.sku.list", "catalog", "_m_skus"),
+        _Method("catalog.product.offer.list", "catalog", "_m_offers"),
+        _Method("catalog.product.service.list", "catalog", "_m_services"),
+        _Method("catalog.productProperty.list", "catalog", "_m_properties"),
         _Method("batch", None, ""),
         _Method("scope", None, "_m_scope"),
         _Method("server.time", None, "_m_server_time"),
@@ -170,6 +246,128 @@ _DOWNLOAD_NAMES = ("download", "download.json")
 def _method_name(raw: str) -> str:
     name = raw.strip().lower()
     return name[:-5] if name.endswith(".json") else name
+
+
+def _canonical(raw: str) -> str:
+    """The method's name as the portal spells it (``catalog.productimage.get`` -> ``catalog.productImage.get``)."""
+    known = _METHODS.get(_method_name(raw))
+    return known.name if known else raw
+
+
+_REF = re.compile(r"\$result\[([^\]]*)\]((?:\[[^\]]*\])*)")
+_REF_PART = re.compile(r"\[([^\]]*)\]")
+
+
+def _lookup_ref(match: re.Match[str], results: dict[str, Any]) -> Any:
+    """The value a ``$result[key][a][b]...`` reference names, or "" when there is none."""
+    node: Any = results.get(match.group(1))
+    for part in _REF_PART.findall(match.group(2)):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            node = None
+        if node is None:
+            return ""
+    if isinstance(node, bool):
+        return "1" if node else ""
+    return node if isinstance(node, int | float | str) else ""
+
+
+def _resolve_refs(value: Any, results: dict[str, Any]) -> Any:
+    """Replace batch references in parsed command parameters by earlier commands' results."""
+    if isinstance(value, dict):
+        return {key: _resolve_refs(item, results) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(item, results) for item in value]
+    if not isinstance(value, str) or "$result[" not in value:
+        return value
+    whole = _REF.fullmatch(value)
+    if whole:
+        return _lookup_ref(whole, results)
+    return _REF.sub(lambda m: str(_lookup_ref(m, results)), value)
+
+
+_ITEM_FIELDS = ("id", "iblockId", "type", "name", "active", "available", "code", "xmlId", "parentId")
+_CATALOG_FIELDS = ("id", "iblockId", "iblockTypeId", "lid", "name", "productIblockId", "skuPropertyId")
+_PROPERTY_FIELDS = (
+    "id",
+    "iblockId",
+    "code",
+    "name",
+    "propertyType",
+    "multiple",
+    "active",
+    "userType",
+    "xmlId",
+)
+_PROPERTY_NAME = re.compile(r"property\d+")
+
+
+def _catalog_rows() -> list[dict[str, Any]]:
+    common = {"iblockTypeId": "CRM_PRODUCT_CATALOG", "lid": "s1", "subscription": "N", "vatId": None}
+    return [
+        {
+            **common,
+            "iblockId": PRODUCT_IBLOCK_ID,
+            "id": PRODUCT_IBLOCK_ID,
+            "name": "CRM product catalog",
+            "productIblockId": None,
+            "skuPropertyId": None,
+        },
+        {
+            **common,
+            "iblockId": OFFER_IBLOCK_ID,
+            "id": OFFER_IBLOCK_ID,
+            "name": "CRM product catalog (offers)",
+            "productIblockId": PRODUCT_IBLOCK_ID,
+            "skuPropertyId": SKU_PROPERTY_ID,
+        },
+    ]
+
+
+def _property_rows() -> list[dict[str, Any]]:
+    def prop(
+        pid: int, iblock: int, code: str, name: str, kind: str, multiple: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "active": "Y",
+            "code": code,
+            "defaultValue": None,
+            "fileType": "",
+            "iblockId": iblock,
+            "id": pid,
+            "isRequired": "N",
+            "linkIblockId": None,
+            "multiple": multiple,
+            "name": name,
+            "propertyType": kind,
+            "sort": 500,
+            "timestampX": "2024-05-27T10:00:00+02:00",
+            "userType": None,
+            "xmlId": code,
+            **extra,
+        }
+
+    files = "jpg, gif, bmp, png, jpeg, webp"
+    rows = [
+        prop(pid, iblock, "MORE_PHOTO", "Images", "F", "Y", fileType=files)
+        for iblock, pid in MORE_PHOTO_PROPERTY_ID.items()
+    ]
+    rows.append(
+        prop(
+            SKU_PROPERTY_ID,
+            OFFER_IBLOCK_ID,
+            "CML2_LINK",
+            "Product",
+            "E",
+            "N",
+            linkIblockId=PRODUCT_IBLOCK_ID,
+            userType="SKU",
+        )
+    )
+    return sorted(rows, key=lambda row: row["id"])
 
 
 @lru_cache(maxsize=256)
@@ -223,6 +421,14 @@ def _disposition(name: str) -> str:
     return value
 
 
+def _serve(server: PortalServer, name: str) -> threading.Thread:
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+    )
+    thread.start()
+    return thread
+
+
 def _browser_like(headers: Any) -> bool:
     """The headers the docs require on a download; without them nginx answers 404."""
     return bool(
@@ -241,6 +447,7 @@ class Portal:
         self,
         catalog: Iterable[CatalogImage] = (),
         *,
+        items: Iterable[CatalogItem] | None = None,
         rate_limit: float = 2.0,
         burst: float = 50,
         count_downloads: bool = True,
@@ -255,6 +462,13 @@ class Portal:
         access_token_ttl: float = 3600.0,
         rotate_refresh_tokens: bool = True,
         port: int = 0,
+        admin: bool = True,
+        listing_ids_match: bool = True,
+        image_page_size: int | None = None,
+        operating_limit: float | None = None,
+        cost_per_call: float = 0.0,
+        method_cost: dict[str, float] | None = None,
+        operating_window: float = OPERATING_WINDOW,
     ) -> None:
         self.rate_limit = rate_limit
         self.burst = burst
@@ -269,6 +483,18 @@ class Portal:
         self.client_secret = client_secret
         self.access_token_ttl = access_token_ttl
         self.rotate_refresh_tokens = rotate_refresh_tokens
+        #: False: the admin-only methods (catalog.catalog.list, the sku/offer/service lists) are denied.
+        self.admin = admin
+        #: False: listings show picture ids that are not the image ids (the stored files' ids).
+        self.listing_ids_match = listing_ids_match
+        #: None: catalog.productImage.list answers every image on one page; N: pages of N with start/next.
+        self.image_page_size = image_page_size
+        #: Seconds of operating time a method may use within ``operating_window`` (None: no limit).
+        self.operating_limit = operating_limit
+        #: Seconds added to a method's operating time per executed call (``method_cost`` per method).
+        self.cost_per_call = cost_per_call
+        self.method_cost = {_canonical(k): v for k, v in (method_cost or {}).items()}
+        self.operating_window = operating_window
         self.overload = False
         self.faults = Faults()
         #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
@@ -277,6 +503,7 @@ class Portal:
         # Catalog, tokens and used links; never held while sleeping or doing I/O.
         self._state_lock = threading.Lock()
         self._products: dict[int, dict[int, _Stored]] = {}
+        self._items: dict[int, CatalogItem] = {}
         self._files: dict[int, _Stored] = {}
         self._file_ids = itertools.count(FIRST_FILE_ID)
         self._denied: set[int] = set()
@@ -291,15 +518,23 @@ class Portal:
         self._stats = Stats()
         self._level = 0.0
         self._level_at = time.monotonic()
-        self._operating: dict[str, list[float]] = {}  # method -> [window start, seconds]
+        self._operating: dict[str, list[list[float]]] = {}  # method -> baskets [[start, seconds], ...]
         self._blocks: dict[str, float] = {}  # method -> unix time the operation limit lifts
 
         self._port = port
         self._url = ""
         self._server: PortalServer | None = None
         self._thread: threading.Thread | None = None
+        # The old address of a renamed portal (see rename()).
+        self._old_port = 0
+        self._old_server: PortalServer | None = None
+        self._old_thread: threading.Thread | None = None
+        #: ``(verb, path?query)`` of every request that reached the old address of a renamed portal.
+        self.old_address_requests: list[tuple[str, str]] = []
 
         with self._state_lock:
+            for item in items or ():
+                self._put_item(item)
             for image in catalog:
                 self._insert(image)
 
@@ -313,23 +548,55 @@ class Portal:
         self._port = server.server_port
         self._url = f"http://127.0.0.1:{self._port}"
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bitrix24-emulator", daemon=True
-        )
-        self._thread.start()
+        self._thread = _serve(server, "bitrix24-emulator")
+        if self._old_port:
+            self._listen_old()
         return self
 
     def stop(self) -> None:
-        """Stop listening and cut every open connection. The portal may be started again."""
+        """Stop listening (on the old address too) and cut every open connection. It may be started again."""
         server, thread = self._server, self._thread
         if server is None:
             return
         self._server = self._thread = None
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        old, old_thread = self._old_server, self._old_thread
+        self._old_server = self._old_thread = None
+        for srv, thr in ((server, thread), (old, old_thread)):
+            if srv is None:
+                continue
+            srv.stopping.set()
+            srv.shutdown()
+            srv.close_connections()
+            srv.server_close()
+            if thr is not None:
+                thr.join(timeout=5)
+
+    def rename(self) -> str:
+        """The portal moves: from now on a second port, the *old address*, answers every request with
+        ``302 Found`` and a ``Location`` on the current address (same path and query string), as Bitrix24
+        does after an address change (change-domain.md). Returns :attr:`old_webhook_url`.
+
+        The portal must be running; the old address stays (across restarts) until the portal is dropped.
+        """
+        if self._server is None:
+            raise RuntimeError("the portal has not been started")
+        if self._old_server is None:
+            self._listen_old()
+        return self.old_webhook_url
+
+    def _listen_old(self) -> None:
+        server = PortalServer(self._old_port, self._redirect)
+        self._old_port = server.server_port
+        self._old_server = server
+        self._old_thread = _serve(server, "bitrix24-emulator-old-address")
+
+    def _redirect(self, request: Request) -> Reply:
+        target = request.path + (f"?{request.query}" if request.query else "")
+        with self._lock:
+            self._stats.by_address[f"127.0.0.1:{self._old_port}"] += 1
+            self._stats.redirected += 1
+            self.old_address_requests.append((request.verb, target))
+        return Reply(302, NGINX_302, _HTML, [("Location", self.url + target)], delay=self.latency)
 
     def __enter__(self) -> Portal:
         return self.start()
@@ -353,10 +620,28 @@ class Portal:
     def token_url(self) -> str:
         return f"{self.url}/oauth/token/"
 
+    @property
+    def old_url(self) -> str:
+        """The old address of a renamed portal (see :meth:`rename`)."""
+        if not self._old_port:
+            raise RuntimeError("the portal has not been renamed")
+        return f"http://127.0.0.1:{self._old_port}"
+
+    @property
+    def old_webhook_url(self) -> str:
+        """The webhook URL on the old address: what a client configured before the rename still uses."""
+        return f"{self.old_url}/rest/{self.webhook_user}/{self.webhook_code}/"
+
     # ----------------------------------------------------------------- catalog
 
+    def _put_item(self, item: CatalogItem) -> None:
+        self._items[item.id] = item
+        self._products.setdefault(item.id, {})
+
     def _insert(self, image: CatalogImage) -> CatalogImage:
-        product = self._products.setdefault(image.product_id, {})
+        if image.product_id not in self._items:  # an image of an unknown item: a simple product
+            self._put_item(CatalogItem(image.product_id))
+        product = self._products[image.product_id]
         if image.image_id in product:
             raise ValueError(f"image {image.product_id}:{image.image_id} already exists")
         stored = _Stored(image, next(self._file_ids))
@@ -384,7 +669,61 @@ class Portal:
     def add_product(self, product_id: int) -> None:
         """Make a product exist, with no images (``list`` then answers ``total: 0``)."""
         with self._state_lock:
-            self._products.setdefault(product_id, {})
+            if product_id not in self._items:
+                self._put_item(CatalogItem(product_id))
+
+    def add_item(self, item: CatalogItem | None = None, /, **fields: Any) -> CatalogItem:
+        """Add (or replace) a catalog item, given whole or as ``CatalogItem`` keyword arguments; its
+        images stay. ``id`` defaults to the highest item id + 1."""
+        with self._state_lock:
+            if item is None:
+                fields.setdefault("id", max(self._items, default=99) + 1)
+                item = CatalogItem(**fields)
+            self._put_item(item)
+            return item
+
+    def delete_item(self, item_id: int) -> None:
+        """Remove an item and its images (the same as :meth:`delete_product`)."""
+        self.delete_product(item_id)
+
+    def items(self) -> list[CatalogItem]:
+        """Every catalog item, by id."""
+        with self._state_lock:
+            return [self._items[i] for i in sorted(self._items)]
+
+    def add_picture(
+        self, item_id: int, type: str = "MORE_PHOTO", content: bytes = b"", name: str | None = None
+    ) -> CatalogImage:
+        """Give an item a new picture (a new image id, the highest + 1). ``type`` ``DETAIL_PICTURE`` or
+        ``PREVIEW_PICTURE`` replaces the item's picture of that type, as the product card does."""
+        with self._state_lock:
+            if item_id not in self._items:
+                raise KeyError(item_id)
+            if type in ("DETAIL_PICTURE", "PREVIEW_PICTURE"):
+                for old in [s for s in self._products[item_id].values() if s.image.type == type]:
+                    self._remove(item_id, old.image.image_id)
+        fields: dict[str, Any] = {"product_id": item_id, "type": type, "content": content}
+        if name:
+            fields["name"] = name
+        return self.add_image(**fields)
+
+    def replace_picture(
+        self, item_id: int, image_id: int, content: bytes, name: str | None = None
+    ) -> CatalogImage:
+        """A new picture in place of an old one: there is no ``catalog.productImage.update``, so the new
+        picture is a new image (new id, same type); the old id is gone."""
+        with self._state_lock:
+            old = self._products[item_id][image_id].image
+            self._remove(item_id, image_id)
+        return self.add_image(product_id=item_id, type=old.type, content=content, name=name or old.name)
+
+    def delete_picture(self, item_id: int, image_id: int) -> None:
+        """Remove a picture (the same as :meth:`delete_image`)."""
+        self.delete_image(item_id, image_id)
+
+    def _remove(self, product_id: int, image_id: int) -> None:
+        stored = self._products[product_id].pop(image_id)
+        del self._files[stored.file_id]
 
     def replace_image(
         self, product_id: int, image_id: int, content: bytes, name: str | None = None
@@ -414,10 +753,11 @@ class Portal:
             del self._files[stored.file_id]
 
     def delete_product(self, product_id: int) -> None:
-        """Remove a product and all its images."""
+        """Remove a product (any catalog item) and all its images."""
         with self._state_lock:
             for stored in self._products.pop(product_id).values():
                 del self._files[stored.file_id]
+            self._items.pop(product_id, None)
 
     def deny_product(self, product_id: int, denied: bool = True) -> None:
         """Every call about that product answers ``200040300010 Access Denied`` (downloads: 403)."""
@@ -508,39 +848,102 @@ class Portal:
                 self._stats.max_bucket_level = self._level
             return True
 
-    def _admit(self, label: str, kind: str, counted: bool) -> Reply | None:
-        """Count the request, then apply overload, injected faults and the bucket, in that order."""
+    def _admit(self, label: str, kind: str, counted: bool) -> tuple[Reply | None, str]:
+        """Count the request, then apply overload, injected faults and the bucket, in that order.
+
+        Returns an early answer, or None and how to mangle the real answer (``""``, ``"cut_json"``,
+        ``"stall"``). A faulted request never enters the bucket.
+        """
         self._count(label)
         delay = self.latency
         if self.overload:
             self._inject("overload")
-            return json_reply(503, _OVERLOAD, delay)
+            return json_reply(503, _OVERLOAD, delay), ""
         faults = self.faults
+        mangle = ""
         if faults.applies_to(kind):
             if faults.roll(faults.drop_rate):
                 self._inject("drop")
-                return Reply(drop=True, delay=delay)
+                return Reply(drop=True, delay=delay), ""
             if faults.roll(faults.rate_503):
                 self._inject("503")
-                return json_reply(503, _QUERY_LIMIT, delay)
+                return json_reply(503, _QUERY_LIMIT, delay), ""
             if faults.roll(faults.rate_500):
                 self._inject("500")
-                return json_reply(500, _INTERNAL, delay)
-        if counted and not self._take():
-            return json_reply(503, _QUERY_LIMIT, delay)
-        return None
+                return json_reply(500, _INTERNAL, delay), ""
+            if faults.roll(faults.rate_502):
+                self._inject("502")
+                return Reply(502, NGINX_502, _HTML, delay=delay), ""
+            if faults.roll(faults.rate_504):
+                self._inject("504")
+                return Reply(504, NGINX_504, _HTML, delay=delay), ""
+            if faults.roll(faults.rate_stall):
+                mangle = "stall"
+        if kind == "rest" and not mangle:
+            if faults.roll(faults.rate_empty):
+                self._inject("empty")
+                return Reply(200, b"", delay=delay), ""
+            if faults.roll(faults.rate_cut_json):
+                mangle = "cut_json"
+        if kind == "download" and not mangle:
+            if self._next_html(faults) or faults.roll(faults.rate_html_download):
+                self._inject("html")
+                return Reply(200, LOGIN_PAGE, _HTML_UTF8, delay=delay), ""
+            if faults.roll(faults.rate_json_download):
+                self._inject("json_error")
+                return json_reply(200, _JSON_DOWNLOAD_ERROR, delay), ""
+        if mangle:
+            self._inject(mangle)
+        elif counted and not self._take():
+            return json_reply(503, _QUERY_LIMIT, delay), ""
+        return None, mangle
+
+    def _next_html(self, faults: Faults) -> bool:
+        with self._lock:
+            if faults.html_downloads > 0:
+                faults.html_downloads -= 1
+                return True
+        return False
+
+    def _mangle(self, reply: Reply, mangle: str) -> Reply:
+        """Apply a fault chosen by :meth:`_admit` to the real answer."""
+        if mangle == "stall":
+            reply.stall = self.faults.stall_seconds
+        elif mangle == "cut_json":
+            reply.body = bytes(reply.body[: len(reply.body) // 2])
+        return reply
+
+    def _baskets(self, name: str, now: float) -> list[list[float]]:
+        """A method's live baskets ``[start, seconds]``, oldest first. Call with ``_lock`` held."""
+        baskets = self._operating.setdefault(name, [])
+        while baskets and baskets[0][0] + self.operating_window <= now:
+            baskets.pop(0)
+        return baskets
+
+    def _over_budget(self, name: str, now: float) -> float:
+        """When the method has used more than ``operating_limit``: the time its oldest basket drops out
+        (else 0). Call with ``_lock`` held."""
+        if self.operating_limit is None:
+            return 0.0
+        baskets = self._baskets(name, now)
+        if sum(b[1] for b in baskets) > self.operating_limit:
+            return baskets[0][0] + self.operating_window
+        return 0.0
 
     def _account(
         self, name: str, seconds: float, now: float, related: Iterable[str] = ()
     ) -> tuple[float, int]:
         """Add ``seconds`` to a method's operating time; return (operating, operating_reset_at)."""
         with self._lock:
-            window = self._operating.get(name)
-            if window is None or now >= window[0] + OPERATING_WINDOW:
-                window = self._operating[name] = [now, 0.0]
-            window[1] += seconds
-            operating, reset_at = window[1], window[0] + OPERATING_WINDOW
+            baskets = self._baskets(name, now)
+            if baskets and now < baskets[-1][0] + self.operating_window / 10:
+                baskets[-1][1] += seconds
+            else:
+                baskets.append([now, seconds])
+            operating = sum(b[1] for b in baskets)
+            reset_at = baskets[0][0] + self.operating_window
             active = [end for n in (name, *related) if (end := self._blocks.get(n, 0.0)) > now]
+            active += [end for n in related if (end := self._over_budget(n, now))]
         if active:
             reset_at = max(active)
         return round(operating, 6), math.ceil(reset_at)
@@ -552,10 +955,12 @@ class Portal:
         name: str,
         seconds: float | None = None,
         related: Iterable[str] = (),
+        cost: float = 0.0,
     ) -> dict[str, Any]:
         finish = time.time()
         processing = finish - work_start
-        operating, reset_at = self._account(name, processing if seconds is None else seconds, finish, related)
+        charged = (processing if seconds is None else seconds) + cost
+        operating, reset_at = self._account(name, charged, finish, related)
         return {
             "start": start,
             "finish": finish,
@@ -571,6 +976,8 @@ class Portal:
 
     def handle(self, request: Request) -> Reply:
         """Answer one HTTP request (called by the server's threads)."""
+        with self._lock:
+            self._stats.by_address[f"127.0.0.1:{self._port}"] += 1
         try:
             segs = [s for s in request.path.split("/") if s]
             if segs and segs[0] == "rest":
@@ -589,9 +996,12 @@ class Portal:
         hook = (segs[0], segs[1]) if len(segs) >= 2 else None
         raw = segs[0] if hook is None else "/".join(segs[2:])
         method = _METHODS.get(_method_name(raw))
-        early = self._admit(method.name if method else raw or "(none)", "rest", counted=True)
+        early, mangle = self._admit(method.name if method else raw or "(none)", "rest", counted=True)
         if early is not None:
             return early
+        return self._mangle(self._rest_answer(request, hook, method), mangle)
+
+    def _rest_answer(self, request: Request, hook: tuple[str, str] | None, method: _Method | None) -> Reply:
         delay = self.latency
         start = time.time()
         try:
@@ -601,10 +1011,12 @@ class Portal:
                 raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
             if method.name == "batch":
                 return json_reply(200, self._batch(params, cred, start), delay)
-            result, total, timing = self._call(method, params, cred, start)
+            result, total, following, timing = self._call(method, params, cred, start)
         except ApiError as exc:
             return json_reply(exc.status, exc.body(), delay)
         body: dict[str, Any] = {"result": result}
+        if following is not None:
+            body["next"] = following
         if total is not None:
             body["total"] = total
         body["time"] = timing
@@ -654,17 +1066,27 @@ class Portal:
 
     def _call(
         self, method: _Method, params: dict[str, Any], cred: _Cred, start: float
-    ) -> tuple[Any, int | None, dict[str, Any]]:
-        """Run one method (top level or inside batch): scope, operation limit, handler, time object."""
+    ) -> tuple[Any, int | None, int | None, dict[str, Any]]:
+        """Run one method (top level or inside batch): scope, operation limit, handler, time object.
+
+        Returns (result, total, next, time)."""
         if method.scope and method.scope not in self.scopes:
             raise ApiError(
                 403,
                 "insufficient_scope",
                 "The request requires higher privileges than provided by the webhook token",
             )
-        blocked_until = self._blocks.get(method.name, 0.0)
-        if blocked_until > time.time():
-            self._inject("operation_limit")
+        now = time.time()
+        with self._lock:
+            blocked_until = self._blocks.get(method.name, 0.0)
+            manual = blocked_until > now
+            if not manual:
+                blocked_until = self._over_budget(method.name, now)
+            if blocked_until:
+                self._stats.rejected_429 += 1
+                if manual:
+                    self._stats.injected["operation_limit"] += 1
+        if blocked_until > now:
             raise ApiError(
                 429,
                 "OPERATION_TIME_LIMIT",
@@ -672,8 +1094,9 @@ class Portal:
                 operating_reset_at=math.ceil(blocked_until),
             )
         work_start = time.time()
-        result, total = getattr(self, method.handler)(params, cred)
-        return result, total, self._time(start, work_start, method.name)
+        result, total, following = (*getattr(self, method.handler)(params, cred), None)[:3]
+        cost = self.method_cost.get(method.name, self.cost_per_call)
+        return result, total, following, self._time(start, work_start, method.name, cost=cost)
 
     def _batch(self, params: dict[str, Any], cred: _Cred, start: float) -> dict[str, Any]:
         cmd = params.get("cmd") or {}
@@ -689,6 +1112,7 @@ class Portal:
         results: dict[str, Any] = {}
         errors: dict[str, Any] = {}
         totals: dict[str, Any] = {}
+        nexts: dict[str, Any] = {}
         times: dict[str, Any] = {}
         executed: Counter[str] = Counter()
         for key, command in items:
@@ -703,9 +1127,9 @@ class Portal:
                     )
                 if method is None:
                     raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
-                sub = php_parse(query)
+                sub = _resolve_refs(php_parse(query), results)
                 sub.pop("auth", None)
-                result, total, timing = self._call(method, sub, cred, time.time())
+                result, total, following, timing = self._call(method, sub, cred, time.time())
             except ApiError as exc:
                 errors[key] = exc.body()
                 if halt:
@@ -715,6 +1139,8 @@ class Portal:
             times[key] = timing
             if total is not None:
                 totals[key] = total
+            if following is not None:
+                nexts[key] = following
         with self._lock:
             self._stats.batch_commands.update(executed)
         return {
@@ -722,7 +1148,7 @@ class Portal:
                 "result": _php_array(results),
                 "result_error": _php_array(errors),
                 "result_total": _php_array(totals),
-                "result_next": [],
+                "result_next": _php_array(nexts),
                 "result_time": _php_array(times),
             },
             # The outer batch is not counted in operating; its reset time is that of its blocked commands.
@@ -752,13 +1178,135 @@ class Portal:
             raise ApiError(400, 0, "Internal error")
         return {"productImage": self._image_json(stored, cred, None)}, None
 
-    def _m_list(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int]:
+    def _m_list(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
         product_id = _int_param(params, "productId")
         select = _select(params)
         with self._state_lock:
             found = sorted(self._lookup(product_id).items())
+        total: int | None = len(found)
+        following = None
+        size = self.image_page_size
+        if size:
+            try:
+                start = int(params.get("start") or 0)
+            except (TypeError, ValueError):
+                start = 0
+            if start < 0:
+                found, total = found[:size], None
+            else:
+                if start + size < len(found):
+                    following = start + size
+                found = found[start : start + size]
         images = [self._image_json(stored, cred, select) for _, stored in found]
-        return {"productImages": images}, len(images)
+        return {"productImages": images}, total, following
+
+    # The whole catalog.
+
+    def _m_catalogs(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
+        self._require_admin()
+        query = self._query(params, _CATALOG_FIELDS)
+        rows, total, following = listing.page(_catalog_rows(), query)
+        return {"catalogs": [query.project(row) for row in rows]}, total, following
+
+    def _m_properties(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
+        query = self._query(params, _PROPERTY_FIELDS)
+        rows, total, following = listing.page(_property_rows(), query)
+        return {"productProperties": [query.project(row) for row in rows]}, total, following
+
+    def _m_products(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
+        return self._list_items(params, "products", None)
+
+    def _m_skus(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
+        self._require_admin()
+        return self._list_items(params, "units", (SKU, EMPTY_SKU))
+
+    def _m_offers(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
+        self._require_admin()
+        return self._list_items(params, "offers", (OFFER, FREE_OFFER))
+
+    def _m_services(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
+        self._require_admin()
+        return self._list_items(params, "services", (SERVICE,))
+
+    def _require_admin(self) -> None:
+        if not self.admin:
+            raise ApiError(400, 200040300010, "Access Denied")
+
+    @staticmethod
+    def _query(params: dict[str, Any], fields: Iterable[str], require: bool = False) -> listing.ListQuery:
+        try:
+            return listing.ListQuery.parse(
+                params, fields, require=require, is_field=lambda n: bool(_PROPERTY_NAME.fullmatch(n))
+            )
+        except listing.ListError as exc:
+            raise ApiError(400, 0, str(exc)) from None
+
+    def _list_items(
+        self, params: dict[str, Any], key: str, types: tuple[int, ...] | None
+    ) -> tuple[Any, int | None, int | None]:
+        query = self._query(params, _ITEM_FIELDS, require=True)
+        with self._state_lock:
+            rows = [
+                self._item_row(item) for item in self._items.values() if types is None or item.type in types
+            ]
+        found, total, following = listing.page(rows, query)
+        with self._state_lock:
+            pictured = [self._with_pictures(row) for row in found if row["id"] in self._items]
+        return {key: [query.project(row) for row in pictured]}, total, following
+
+    def _item_row(self, item: CatalogItem) -> dict[str, Any]:
+        """An item's fields but its pictures (enough to filter and order). Call with the state lock held."""
+        row: dict[str, Any] = {
+            "active": "Y",
+            "available": "Y",
+            "code": f"item-{item.id}",
+            "iblockId": item.iblock_id,
+            "id": item.id,
+            "name": item.name,
+            "type": item.type,
+            "xmlId": str(item.id),
+        }
+        if item.type in (OFFER, FREE_OFFER):
+            parent = item.parent_id
+            row["parentId"] = {"value": str(parent), "valueId": str(900000 + item.id)} if parent else None
+        return row
+
+    def _with_pictures(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``detailPicture``, ``previewPicture`` and the MORE_PHOTO ``property<N>``. State lock held.
+
+        The lowest-id picture of each type fills ``detailPicture`` / ``previewPicture``; every other
+        picture (MORE_PHOTO, and extra DETAIL/PREVIEW ones that make_catalog's alternation makes) is a
+        value of the MORE_PHOTO property, so the listing names exactly the item's images.
+        """
+        item_id = row["id"]
+        detail = preview = None
+        more = []
+        for _, stored in sorted(self._products.get(item_id, {}).items()):
+            kind = stored.image.type
+            if kind == "DETAIL_PICTURE" and detail is None:
+                detail = stored
+            elif kind == "PREVIEW_PICTURE" and preview is None:
+                preview = stored
+            else:
+                more.append(stored)
+        prop = f"property{MORE_PHOTO_PROPERTY_ID.get(row['iblockId'], MORE_PHOTO_PROPERTY_ID[PRODUCT_IBLOCK_ID])}"
+        row["detailPicture"] = self._picture(detail, item_id, "detailPicture")
+        row["previewPicture"] = self._picture(preview, item_id, "previewPicture")
+        row[prop] = [
+            {"valueId": str(500000 + stored.file_id), "value": self._picture(stored, item_id, prop)}
+            for stored in more
+        ]
+        return dict(sorted(row.items()))
+
+    def _picture(self, stored: _Stored | None, item_id: int, field_name: str) -> dict[str, str] | None:
+        if stored is None:
+            return None
+        file_id = stored.image.image_id if self.listing_ids_match else stored.file_id
+        url = (
+            f"/rest/catalog.product.download?fields%5BfieldName%5D={field_name}"
+            f"&fields%5BfileId%5D={file_id}&fields%5BproductId%5D={item_id}"
+        )
+        return {"id": str(file_id), "url": url, "urlMachine": url}
 
     def _m_scope(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
         return list(self.scopes), None
@@ -811,7 +1359,9 @@ class Portal:
         except (KeyError, ValueError, IndexError):
             raise failed from None
         key = f"oauth|{auth}" if auth else self._webhook_key()
-        if scope != "catalog" or not hmac.compare_digest(signature, self._sign(payload, issued, key)):
+        # Bytes, not str: a tampered link may decode to non-ASCII text, which compare_digest refuses.
+        expected = self._sign(payload, issued, key).encode()
+        if scope != "catalog" or not hmac.compare_digest(signature.encode(), expected):
             raise failed
         if auth:
             self._check_access_token(auth)
@@ -820,9 +1370,12 @@ class Portal:
         return file_id, nonce
 
     def _download(self, request: Request) -> Reply:
-        early = self._admit("download", "download", counted=self.count_downloads)
+        early, mangle = self._admit("download", "download", counted=self.count_downloads)
         if early is not None:
             return early
+        return self._mangle(self._download_answer(request), mangle)
+
+    def _download_answer(self, request: Request) -> Reply:
         delay = self.latency
         try:
             file_id, nonce = self._open_link(request.query)
@@ -847,10 +1400,13 @@ class Portal:
         faults = self.faults
         truncate = faults.roll(faults.truncate_rate)
         slow = faults.slow_download
+        chunked = faults.chunked_downloads
         if truncate:
             self._inject("truncate")
         if slow > 0:
             self._inject("slow")
+        if chunked:
+            self._inject("chunked")
         return Reply(
             200,
             image.content,
@@ -859,6 +1415,7 @@ class Portal:
             delay=delay,
             truncate=truncate,
             slow=slow,
+            chunked=chunked,
             on_sent=self._download_sent,
         )
 

@@ -3,7 +3,7 @@
 The app is a callable ``Request -> Reply``; everything Bitrix24-specific lives in :mod:`.portal`. This
 module only reads requests, writes replies (in one ``send`` for small ones, in 64 KiB slices for big
 bodies), and carries out the wire-level faults a reply asks for: a delay, a dropped connection, a body cut
-short, a slow trickle.
+short, a slow trickle, a stall half-way, chunked transfer encoding.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ class Reply:
     """One answer, or (``drop``) the instruction to close the connection without one.
 
     ``delay`` is slept before anything is sent; ``truncate`` sends the full Content-Length but only half the
-    body, then closes; ``slow`` spreads that many seconds over the body. ``on_sent(bytes, complete)`` is
-    called once the body has been written (or the write failed).
+    body, then closes; ``slow`` spreads that many seconds over the body; ``stall`` sends the headers and
+    half the body, waits that many seconds (cut short, and the connection dropped, when the server
+    stops), then sends the rest; ``chunked`` sends no Content-Length but ``Transfer-Encoding: chunked``.
+    ``on_sent(bytes, complete)`` is called once the body has been written (or the write failed).
     """
 
     status: int = 200
@@ -58,6 +60,8 @@ class Reply:
     drop: bool = False
     truncate: bool = False
     slow: float = 0.0
+    stall: float = 0.0
+    chunked: bool = False
     on_sent: Callable[[int, bool], None] | None = None
 
 
@@ -113,6 +117,8 @@ class PortalServer(ThreadingHTTPServer):
         self.app = app
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        #: Set by :meth:`close_connections`: stalled replies stop waiting and drop their connection.
+        self.stopping = threading.Event()
         super().__init__(("127.0.0.1", port), _Handler)
 
     def server_bind(self) -> None:
@@ -135,6 +141,7 @@ class PortalServer(ThreadingHTTPServer):
 
     def close_connections(self) -> None:
         """Shut every open connection, so kept-alive clients see the server go away."""
+        self.stopping.set()
         with self._conns_lock:
             conns = list(self._conns)
         for conn in conns:
@@ -216,13 +223,15 @@ class _Handler(BaseHTTPRequestHandler):
             "Server: nginx",
             f"Date: {self.date_time_string()}",
             f"Content-Type: {reply.content_type}",
-            f"Content-Length: {size}",
+            "Transfer-Encoding: chunked" if reply.chunked else f"Content-Length: {size}",
         ]
         lines.extend(f"{name}: {value}" for name, value in reply.headers)
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if not (reply.truncate or reply.slow > 0 or reply.on_sent) and size <= CHUNK:
+        if not (reply.truncate or reply.slow > 0 or reply.on_sent or reply.stall > 0 or reply.chunked) and (
+            size <= CHUNK
+        ):
             self.wfile.write(head + body)
             return
         self._stream(head, reply)
@@ -235,18 +244,36 @@ class _Handler(BaseHTTPRequestHandler):
             pieces = max(pieces, min(limit, 10))  # even a small file trickles in a few pieces
         step = max(1, -(-limit // pieces))
         pause = reply.slow / pieces if reply.slow > 0 else 0.0
+        stall_at = len(view) // 2 if reply.stall > 0 else -1
         sent = 0
+        cut = reply.truncate
+        write = self._write_chunk if reply.chunked else self.wfile.write
         try:
             self.wfile.write(head)
-            while sent < limit:
+            while True:
+                if sent == stall_at:
+                    stall_at = -1
+                    if self.server.stopping.wait(reply.stall):
+                        cut = True
+                        break
+                if sent >= limit:
+                    break
                 if pause:
                     time.sleep(pause)
                 end = min(sent + step, limit)
-                self.wfile.write(view[sent:end])
+                if sent < stall_at < end:
+                    end = stall_at
+                write(view[sent:end])
                 sent = end
+            if reply.chunked and not cut:
+                self.wfile.write(b"0\r\n\r\n")
         finally:
-            complete = sent == len(view) and not reply.truncate
+            complete = sent == len(view) and not cut
             if reply.on_sent is not None:
                 reply.on_sent(sent, complete)
-        if reply.truncate:
+        if cut:
             self._drop()
+
+    def _write_chunk(self, data: bytes | memoryview) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n" % len(data) + bytes(data) + b"\r\n")
