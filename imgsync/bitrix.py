@@ -396,15 +396,15 @@ class _ResponseBody:
 def _root_causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what it wraps (urllib3 keeps the socket error as ``reason`` and in the chain)."""
     seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
+    todo: list[BaseException] = [exc]
     while todo:
         item = todo.pop()
-        if item is None or id(item) in seen:
+        if id(item) in seen:
             continue
         seen.add(id(item))
         yield item
-        todo += [item.__cause__, item.__context__, getattr(item, "reason", None)]
-        todo += [a for a in item.args if isinstance(a, BaseException)]
+        wrapped = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+        todo += [w for w in wrapped if isinstance(w, BaseException)]
 
 
 def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> ImgsyncError:
@@ -440,6 +440,8 @@ def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> Im
 
 #: A connection could not be made at all (refused, or no answer to the connect).
 UNREACHABLE = "UNREACHABLE"
+#: How many answers that are not the file (a login page) one image may get, each with a fresh link.
+NOT_THE_FILE_ATTEMPTS = 4
 #: How many times in a row a portal that cannot be reached is tried before the run gives up (about 2 s).
 UNREACHABLE_ATTEMPTS = 3
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -783,7 +785,7 @@ class Client:
         """
         ref = image.ref
         refreshed = False
-        attempt = renewals = 0
+        attempt = renewals = pages = 0
         while True:
             log.debug("GET %s for %s", redact_url(image.download_url), ref)
             try:
@@ -804,6 +806,12 @@ class Client:
                 image = self.get_image(ref)
             except TransientError as exc:
                 attempt += 1
+                if isinstance(exc, NotTheFile):
+                    # A portal that keeps answering a login page will not stop soon: a few fresh links, then
+                    # the image fails (recorded as such; nothing of the page is kept).
+                    pages += 1
+                    if pages >= NOT_THE_FILE_ATTEMPTS:
+                        raise DownloadFailed(f"{exc.message}, {pages} times with fresh links") from None
                 if attempt >= self.retry.attempts:
                     raise DownloadFailed(f"download failed after {attempt} attempts: {exc.message}") from None
                 self._pause(exc, attempt, f"the download of {ref}")
