@@ -234,11 +234,13 @@ def make_thumbnail(source: Path, target: Path, size: tuple[int, int] = THUMB_SIZ
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except UnidentifiedImageError:
         return "no preview: not a picture Pillow can read"
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError:
+        return "no preview: too many pixels"
+    except (OSError, ValueError, SyntaxError, EOFError):
         # A truncated or corrupt file fails while decoding, with an OSError or worse.
-        return f"no preview: {type(exc).__name__}"
+        return "no preview: a damaged picture"
     return ""
 
 
