@@ -141,8 +141,11 @@ def browser() -> Iterator[Any]:
     """Headless Chromium (Debian's package) through playwright; a missing browser fails, never skips."""
     from .report_browser import NoBrowser, chromium
 
+    problem = None
     try:
         with chromium() as context:
             yield context
     except NoBrowser as exc:
-        pytest.fail(f"the report's browser tests need Chromium: {exc}", pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail(f"the report's browser tests need Chromium: {problem}", pytrace=False)

@@ -40,11 +40,14 @@ class NoBrowser(Exception):
 
 
 def find_chromium() -> str:
-    """The path of the chromium executable (``$CHROMIUM`` if set, else ``chromium`` on PATH)."""
-    for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+    """The path of the chromium executable: ``$CHROMIUM`` if set, else ``chromium`` on PATH."""
+    chosen = os.environ.get("CHROMIUM")
+    candidates = [chosen] if chosen else [shutil.which("chromium"), "/usr/bin/chromium"]
+    for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise NoBrowser(f"no chromium executable found: {INSTALL_HINT}")
+    where = f"$CHROMIUM={chosen}" if chosen else "chromium on PATH or /usr/bin/chromium"
+    raise NoBrowser(f"no chromium executable found ({where}): {INSTALL_HINT}")
 
 
 @contextmanager

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -411,3 +413,28 @@ def test_an_empty_database_makes_a_report(tmp_path: Path) -> None:
     html = build_report(db, tmp_path / "images", tmp_path / "r.html", now=datetime.now(UTC)).read_text()
     assert "No run recorded yet." in html and "No image failed or went missing." in html
     assert "no run has exited 0 yet" in html
+
+
+def test_without_a_browser_the_browser_tests_fail_and_say_what_to_install(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSYNC_")}
+    env["CHROMIUM"] = str(tmp_path / "no-chromium-here")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_a_hostile_name_renders_as_text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "skipped" not in result.stdout
+    assert "1 error" in result.stdout
+    assert "apt-get install chromium" in result.stdout
