@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="imgsync-demo-") as tmp:
         run_demo(Path(tmp) / "imgsync-demo", echo=lambda line: None)
         report = Path(tmp) / "imgsync-demo" / "report.html"
-        screenshot(report, target, full_page=False)
+        screenshot(report, target)
     print(target)
     return 0
 
