@@ -167,7 +167,9 @@ def _write(out: Path, context: dict[str, object]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            template.stream(context).dump(handle, encoding="utf-8")
+            stream = template.stream(context)
+            stream.enable_buffering(256)  # fewer, larger writes than one per template fragment
+            stream.dump(handle, encoding="utf-8")
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
