@@ -2,7 +2,7 @@
 
 The demo portal is the project's emulator (:mod:`imgsync.emulator`) with a small catalog of real PNG
 pictures, on 127.0.0.1. The first run downloads every image; the second downloads nothing, because
-nothing changed; the folder then holds the files and the database to look at.
+nothing changed; the folder then holds the files, the database and an HTML report to look at.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import Settings
 from .emulator import CatalogImage, Portal
+from .report import build_report
 from .runner import Request, run_sync
 from .sync import Summary
 
@@ -105,4 +106,6 @@ def run_demo(
     echo(f"database: {settings.db}   (try: imgsync status --db {settings.db})")
     if with_s3:
         echo(f"S3:       bucket {settings.s3_bucket} on a local server (stopped now)")
+    report = build_report(settings.db, settings.dest, folder / "report.html")
+    echo(f"report:   {report}   (open it in a browser)")
     return first, second

@@ -54,3 +54,51 @@ class PortalImage:
             detail_url=str(data.get("detailUrl") or ""),
             download_url=str(data.get("downloadUrl") or ""),
         )
+
+
+# --- what the report reads (see the ``# --- report queries ---`` block of ``Store``) ------------------------
+
+
+@dataclass(frozen=True)
+class BackupTotals:
+    """How much is backed up: files recorded on local disk and objects recorded in S3, with their bytes."""
+
+    local_files: int
+    local_bytes: int
+    s3_objects: int
+    s3_bytes: int
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One row of ``runs``; counts are 0 and times ``None`` where a run did not record them."""
+
+    id: int
+    started_at: str | None
+    finished_at: str | None
+    exit_code: int | None
+    requested: int
+    downloaded: int
+    unchanged: int
+    uploaded: int
+    missing: int
+    failed: int
+    duration_s: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """What the report shows of one image row: a failed or missing one, or a recently changed one."""
+
+    product_id: int
+    image_id: int
+    name: str | None
+    status: str
+    error: str | None
+    size: int | None
+    sha256: str | None
+    local_path: str | None
+    s3_key: str | None
+    last_checked_at: str | None
+    last_changed_at: str | None

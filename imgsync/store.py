@@ -27,7 +27,7 @@ from typing import Any
 import sqlite_utils
 
 from .errors import AlreadyRunning, LocalStorageError, StateError
-from .models import ImageRef
+from .models import BackupTotals, ImageRef, ImageState, RunStats
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -404,6 +404,87 @@ class Store:
                 )
                 marked += cursor.rowcount
         return marked
+
+    # --- report queries ---
+    # Read-only queries for ``imgsync report`` (imgsync/report.py holds no SQL). Each one aggregates in SQL or
+    # reads a bounded number of rows, so the report's memory does not grow with the catalog.
+
+    @classmethod
+    def open_read_only(cls, path: Path | str) -> Store:
+        """Open an existing state database without writing to it (see ``readonly``); a missing file is a
+        :class:`StateError` naming the path, never a new database."""
+        if not Path(path).is_file():
+            raise StateError(f"{path}: no state database there (run 'imgsync sync' first)")
+        return cls(path, readonly=True)
+
+    _IMAGE_STATE = (
+        "product_id, image_id, name, status, error, size, sha256, local_path, s3_key, "
+        "last_checked_at, last_changed_at"
+    )
+    _RUN_STATS = (
+        "id, started_at, finished_at, exit_code, coalesce(requested, 0), coalesce(downloaded, 0), "
+        "coalesce(unchanged, 0), coalesce(uploaded, 0), coalesce(missing, 0), coalesce(failed, 0), "
+        "duration_s, error"
+    )
+
+    def backup_bytes(self) -> BackupTotals:
+        """Files recorded on local disk and objects recorded in S3, each with the sum of their sizes."""
+        with self._lock:
+            row = self.db.execute(
+                "select count(local_path), coalesce(sum(case when local_path is not null then size end), 0), "
+                "count(s3_key), coalesce(sum(case when s3_key is not null then size end), 0) from images"
+            ).fetchone()
+        return BackupTotals(*(int(v) for v in row))
+
+    def catalog_size(self) -> int | None:
+        """Items in the ``products`` table that ``sync --all`` fills; ``None`` without such a table or rows."""
+        with self._lock:
+            if "products" not in self.db.table_names():
+                return None
+            n = int(self.db.execute("select count(*) from products").fetchone()[0])
+        return n or None
+
+    def recent_runs(self, limit: int) -> list[RunStats]:
+        """The last ``limit`` runs, newest first."""
+        with self._lock:
+            rows = self.db.execute(f"select {self._RUN_STATS} from runs order by id desc limit ?", [limit])
+            return [RunStats(*row) for row in rows.fetchall()]
+
+    def run_count(self) -> int:
+        with self._lock:
+            return int(self.db.execute("select count(*) from runs").fetchone()[0])
+
+    def last_successful_run(self) -> RunStats | None:
+        """The newest finished run that exited 0."""
+        with self._lock:
+            row = self.db.execute(
+                f"select {self._RUN_STATS} from runs where exit_code = 0 and finished_at is not null "
+                "order by id desc limit 1"
+            ).fetchone()
+        return RunStats(*row) if row else None
+
+    def iter_problems(self) -> Iterator[ImageState]:
+        """Failed and missing images ordered by product and image id, one row at a time."""
+        with self._lock:
+            cursor = self.db.execute(
+                f"select {self._IMAGE_STATE} from images where status in ('failed', 'missing') "
+                "order by product_id, image_id"
+            )
+            try:
+                while batch := cursor.fetchmany(500):
+                    yield from (ImageState(*row) for row in batch)
+            finally:
+                cursor.close()
+
+    def recent_changes(self, limit: int) -> list[ImageState]:
+        """The ``limit`` images whose content changed last (``last_changed_at``), newest first."""
+        with self._lock:
+            rows = self.db.execute(
+                f"select {self._IMAGE_STATE} from images where last_changed_at is not null "
+                "order by last_changed_at desc, product_id, image_id limit ?",
+                [limit],
+            )
+            return [ImageState(*row) for row in rows.fetchall()]
 
 
 def _create_private(path: Path) -> None:

@@ -134,3 +134,18 @@ def summary_of(stdout: str) -> dict[str, Any]:
 
 def all_pairs(portal: Portal) -> list[str]:
     return [f"{img.product_id}:{img.image_id}" for img in portal.images()]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's package) through playwright; a missing browser fails, never skips."""
+    from .report_browser import NoBrowser, chromium
+
+    problem = None
+    try:
+        with chromium() as context:
+            yield context
+    except NoBrowser as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(f"the report's browser tests need Chromium: {problem}", pytrace=False)

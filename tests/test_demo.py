@@ -30,6 +30,16 @@ def test_demo_runs_twice_and_leaves_files_and_database(isolated: Path) -> None:
     expected = {img.sha256 for img in demo_catalog(3)}
     assert {digest for _, digest in rows} == expected
 
+    report = isolated / "demo" / "report.html"
+    assert result.stdout.splitlines()[-1].startswith(f"report:   {report}")
+    html = report.read_text()
+    assert html.count('<figure class="tile"') == 9
+    assert '<div class="n" data-count="ok">9</div>' in html
+    for local_path, digest in rows:
+        assert (isolated / "demo" / "report_files" / "thumbs" / f"{digest}.jpg").is_file()
+        assert f'href="images/{local_path}"' in html
+    assert html.count('<g class="run" data-run-id=') == 2
+
 
 def test_demo_pictures_are_distinct_pngs() -> None:
     assert png(4, 4, 1) != png(4, 4, 2)
