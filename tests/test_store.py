@@ -93,3 +93,33 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
         pass
     with run_lock(db_path):
         pass
+
+
+def test_a_migration_that_fails_halfway_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each migration is one transaction, DDL included: before, the table it had created stayed, and every
+    later run failed with "table already exists"."""
+    import imgsync.store as store_module
+
+    def broken(db: object) -> None:
+        store_module.sqlite_utils.Database.execute(db, "create table half_done (x integer)")  # type: ignore[arg-type]
+        raise RuntimeError("the disk went away")
+
+    def fixed(db: object) -> None:
+        store_module.sqlite_utils.Database.execute(db, "create table half_done (x integer)")  # type: ignore[arg-type]
+
+    db_path = tmp_path / "state.db"
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, (99, "broken", broken)])
+    with pytest.raises(RuntimeError):
+        Store(db_path)
+    con = sqlite3.connect(db_path)
+    assert "half_done" not in {r[0] for r in con.execute("select name from sqlite_master")}
+    assert 99 not in {r[0] for r in con.execute("select id from _migrations")}
+    con.close()
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, (99, "fixed", fixed)])
+    with Store(db_path) as store:
+        assert store.migrate() == []
+    con = sqlite3.connect(db_path)
+    assert 99 in {r[0] for r in con.execute("select id from _migrations")}
+    con.close()

@@ -382,3 +382,23 @@ def test_an_unwritable_dest_stops_before_any_request(env: Env, portal: Portal, t
     assert result.exit_code == 2
     assert f"storage.dest {blocker / 'images'}" in result.stderr
     assert portal.stats.requests == 0
+
+
+def test_product_listings_are_followed_page_by_page_and_only_the_deleted_image_goes_missing(env: Env) -> None:
+    """``catalog.productImage.list`` answering ``total``/``next``: before, every image past the first page was
+    never backed up, and on the next run marked missing."""
+    catalog = make_catalog(products=2, images_per_product=7, min_size=200, max_size=2000, seed=12)
+    with Portal(catalog, rate_limit=1000.0, burst=1000, image_page_size=3) as portal:
+        args = env.args(portal, "--json", "--product", "100", "--product", "101")
+        result = invoke(args)
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["downloaded"] == 14
+        backed_up(env, portal)
+        gone = portal.images()[5]
+        portal.delete_image(gone.product_id, gone.image_id)
+        result = invoke(args)
+        assert result.exit_code == 0, result.stderr
+        summary = summary_of(result.stdout)
+        assert (summary["missing"], summary["unchanged"], summary["downloaded"]) == (1, 13, 0)
+        missing = [(r["product_id"], r["image_id"]) for r in env.rows() if r["status"] == "missing"]
+        assert missing == [(gone.product_id, gone.image_id)]
