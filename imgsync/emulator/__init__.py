@@ -3,14 +3,20 @@
 A real threaded HTTP/1.1 server on 127.0.0.1 (keep-alive, exact Content-Length) that follows the REST
 docs summarised in ``bitrix24-api-notes.md``::
 
-    from imgsync.emulator import Portal, Faults, make_catalog
+    from imgsync.emulator import Portal, Faults, make_catalog, make_store_catalog
 
     with Portal(make_catalog(products=10, images_per_product=3), rate_limit=2.0, burst=50) as portal:
         portal.webhook_url        # http://127.0.0.1:PORT/rest/1/k3y5ecr3tw3bh00k/
         access, refresh = portal.issue_tokens()
         portal.faults = Faults(rate_503=0.1, seed=3)
 
-Run it alone with ``python -m imgsync.emulator --products 100`` (see ``__main__``).
+A whole catalog (products, sets, parents with variations, services)::
+
+    items, images = make_store_catalog(100, parents=10, variations_per_parent=3, services=5)
+    with Portal(images, items=items, operating_limit=480.0, cost_per_call=0.5) as portal: ...
+
+Run it alone with ``python -m imgsync.emulator --products 100`` (``--parents 10 --services 5`` for a
+whole catalog; see ``__main__``).
 
 Sample catalog
 --------------
@@ -28,14 +34,19 @@ Endpoints
 - ``/rest/{user}/{code}/{method}[.json]`` (webhook) and ``/rest/{method}[.json]`` with ``auth`` in the
   query string or the body (OAuth); GET or POST; parameters from the query string, then a JSON or form
   body on top (PHP bracket syntax: ``select[]=id``). Method names are case-insensitive.
-- Methods: ``catalog.productImage.get``, ``catalog.productImage.list``, ``batch``, plus ``scope`` and
-  ``server.time`` (no scope needed). Anything else: 404 ``ERROR_METHOD_NOT_FOUND`` "Method not found!".
+- Methods: ``catalog.productImage.get``, ``catalog.productImage.list``, ``catalog.catalog.list``,
+  ``catalog.product.list``, ``catalog.product.sku.list``, ``catalog.product.offer.list``,
+  ``catalog.product.service.list``, ``catalog.productProperty.list`` (all scope ``catalog``),
+  ``batch``, plus ``scope`` and ``server.time`` (no scope needed). Anything else (also
+  ``catalog.product.download``, whose links the listings show): 404 ``ERROR_METHOD_NOT_FOUND``
+  "Method not found!".
 - ``/rest/download.json?[auth=..&]token=..``: the ``downloadUrl`` of an image.
 - ``/oauth/token/``: the OAuth server (refresh grant only).
 - Any other path: 404 with nginx's HTML body.
 
 Order of checks for a REST call: count it -> ``overload`` -> injected faults -> leaky bucket -> parse
-parameters -> auth -> method exists -> scope -> operation limit -> the method. Every answer is delayed by
+parameters -> auth -> method exists -> scope -> operation limit, then the time budget -> the method (which
+checks ``admin``, then its parameters). Every answer is delayed by
 ``latency`` seconds (slept in the connection's thread, no lock held); the OAuth endpoint is not.
 
 Errors (HTTP status, ``error``, ``error_description``)
@@ -65,13 +76,62 @@ Results
 -------
 - ``get``: ``{"result": {"productImage": {createTime, detailUrl, downloadUrl, id, name, productId,
   type}}, "time": {...}}``. ``list``: ``{"result": {"productImages": [...]}, "total": N, "time": {...}}``,
-  every image of the product in id order on one page (``start`` is ignored, no ``next``); ``select``
-  keeps only the named fields. A product whose images were all deleted still exists (``total: 0``).
+  every image of the product in id order on one page (``start`` is ignored, no ``next``; the notes §12:
+  no cap at 50); ``select`` keeps only the named fields. A product whose images were all deleted still
+  exists (``total: 0``). With ``image_page_size=N`` (the docs leave paging open) ``list`` answers pages
+  of N: ``start`` as for other lists, ``next`` when more follow, ``start=-1`` without ``total``.
 - ``time``: ``start``, ``finish``, ``duration``, ``processing``, ``date_start``, ``date_finish`` (in
-  +02:00), ``operating`` (seconds this method has run in the current window) and ``operating_reset_at``.
-  The ten one-minute baskets are simplified to one 10-minute window per method starting at its first
-  call; ``operating_reset_at`` is the end of that window, or, while an operation limit is active for the
-  method, the (ceiled) unix time the block lifts.
+  +02:00), ``operating`` and ``operating_reset_at`` (see "Operating time"). A list answer puts ``next``
+  (when a further page exists) and ``total`` (unless ``start=-1``) beside ``result``.
+
+The whole catalog
+-----------------
+Items (:class:`CatalogItem`): ``Portal(images, items=...)``, e.g. from :func:`make_store_catalog`. Without
+``items`` every product id among the images is a simple product, so old catalogs list as before; an
+image of an unknown item makes it a simple product. Types as the docs number them: simple 1, set 2,
+parent 3 (6 without variations), variation 4 (5 without parent), service 7. Two trade catalogs, always:
+the product catalog (iblock ``23``: types 1, 2, 3, 6, 7) and the variation catalog (iblock ``25``,
+``productIblockId`` 23, ``skuPropertyId`` 97: types 4, 5). Item ids are unique across both.
+
+- ``catalog.catalog.list`` (admin only): ``result.catalogs[]`` with ``id``, ``iblockId``,
+  ``iblockTypeId`` ("CRM_PRODUCT_CATALOG"), ``lid`` ("s1"), ``name``, ``productIblockId``,
+  ``skuPropertyId``, ``subscription``, ``vatId``; ``total``.
+- ``catalog.product.list`` (not admin only): ``select`` must name ``id`` and ``iblockId``, ``filter``
+  must name ``iblockId``, else 400 ``{"error": 0, "error_description": "Required select fields: id,
+  iblockId"}`` / ``"Required filter fields: iblockId"`` (texts from the notes §12). Every item of the
+  named catalog, whatever its type (INFERENCE, notes §12); an ``iblockId`` that is no catalog gives an
+  empty list. ``result.products[]`` with ``active``, ``available``, ``code``, ``detailPicture``,
+  ``iblockId``, ``id``, ``name``, ``previewPicture``, ``type``, ``xmlId``, ``property<N>`` (the MORE_PHOTO
+  property: 120 in the product catalog, 121 in the variation catalog) and, for variations,
+  ``parentId {value, valueId}``; ``select`` keeps the named fields (``*``: all).
+- ``catalog.product.sku.list`` -> ``result.units[]`` (types 3, 6), ``catalog.product.offer.list`` ->
+  ``result.offers[]`` (4, 5), ``catalog.product.service.list`` -> ``result.services[]`` (7): the same
+  parameters and errors, the type filter forced on top of the caller's; admin only. ``Portal(admin=False)``
+  (or ``portal.admin = False``) makes the admin-only methods answer 400 ``200040300010`` "Access Denied".
+- ``catalog.productProperty.list``: ``result.productProperties[]``: the MORE_PHOTO property of each
+  catalog (``propertyType`` "F", ``multiple`` "Y", ``code`` "MORE_PHOTO", ``fileType``, ...) and the
+  variation catalog's ``CML2_LINK`` (id 97, "E", ``userType`` "SKU"); no ``iblockId`` filter: both
+  catalogs, as the docs say.
+- Filters (all lists): prefixes ``= ! != > >= < <=`` on ``id``, ``iblockId``, ``type``, ``name``,
+  ``active``, ``available``, ``code``, ``xmlId``, ``parentId`` (catalogs and properties: their own
+  fields); an array means IN (``!``: NOT IN). An unknown field (``@id`` too, notes §12) answers 400 code
+  0 "Unknown filter field: <key>" (the docs give no text). A filter value that is an empty string drops
+  its condition (what an unresolved batch reference becomes). ``order`` by those fields, ``asc``/``desc``,
+  default ``id`` ascending. ``start``: pages of 50, ``total``, ``next`` when more; ``start=-1``: neither
+  (huge-data.md).
+- Pictures: an item's lowest-id ``DETAIL_PICTURE`` image is ``detailPicture``, its lowest-id
+  ``PREVIEW_PICTURE`` image ``previewPicture`` (``null`` when none), every other image a value of the
+  MORE_PHOTO property, ``[{"valueId": "…", "value": {"id", "url", "urlMachine"}}]`` (``[]`` when none;
+  the shape is INFERENCE, notes §12). So a listing names exactly the images ``catalog.productImage.list``
+  answers for that item (make_catalog's second ``DETAIL_PICTURE`` lands in MORE_PHOTO). ``id`` is the
+  image id as a string (INFERENCE, notes §12); with ``listing_ids_match=False`` it is the stored file's
+  id instead (from 7001: other numbers), since the docs leave it open. ``url`` = ``urlMachine`` =
+  ``/rest/catalog.product.download?fields[fieldName]=<field>&fields[fileId]=<id>&fields[productId]=<item>``
+  (URL-encoded brackets, relative, no auth), as in the docs' examples.
+- Changes: :meth:`Portal.add_item`, :meth:`Portal.delete_item`, :meth:`Portal.items`,
+  :meth:`Portal.add_picture` (a new image id; a new DETAIL/PREVIEW picture replaces the old one),
+  :meth:`Portal.replace_picture` (no ``catalog.productImage.update`` exists, so: a new image id, the old
+  one gone), :meth:`Portal.delete_picture`; listings and ``catalog.productImage.*`` stay consistent.
 
 ``batch``
 ---------
@@ -81,13 +141,37 @@ More than 50 commands: 400 ``ERROR_BATCH_LENGTH_EXCEEDED`` for the whole call (n
 always 200 once auth and the bucket let it in: ``{"result": {"result", "result_error", "result_total",
 "result_next", "result_time"}, "time"}``. Sections follow PHP's ``json_encode``: an **empty section is
 ``[]``**, and a section whose keys are exactly ``"0".."n-1"`` (a list ``cmd``, or a dict with those keys)
-is a **JSON list** too; other keys give an object. ``result_time`` holds successful commands only,
-``result_total`` the ``list`` commands, ``result_next`` is always ``[]``. ``halt=1`` stops at the first
-failing command; later ones are absent. ``$result[...]`` references are not supported.
+is a **JSON list** too; other keys give an object. ``result_time`` holds successful commands only (each
+with that command's own method's ``operating`` and ``operating_reset_at``), ``result_total`` the list
+commands that had a ``total``, ``result_next`` those with a next page. ``halt=1`` stops at the first
+failing command; later ones are absent.
+
+References (batch.md): a parameter value ``$result[key][a][b]...`` is replaced, before the command
+runs, by that part of an earlier command's result (``filter[>id]=$result[p0][products][49][id]``); a
+value made of a reference alone keeps the result's type, a reference inside text becomes text. A
+reference to nothing (a later command, a failed one, an index past a short page) becomes an empty
+string, and an empty filter value drops its condition: the page reads from the start again. What a real
+portal does there is UNCONFIRMED (notes §12: "likely re-reads from the start"); a client must stop a
+chain at its first short page.
+
+Operating time
+--------------
+Each executed call (direct or in a batch; the outer batch is not counted) adds its processing time plus
+``method_cost.get(method, cost_per_call)`` seconds to its method's counter (per portal, not per
+credential). The counter is kept in ten baskets over ``operating_window`` (default 600 s, limits.md):
+a basket starts with the first call after the previous basket's ``window / 10`` has passed and drops
+out ``operating_window`` after its start. ``time.operating`` is the sum of the live baskets,
+``time.operating_reset_at`` the (ceiled) time the oldest drops out. With ``operating_limit`` (seconds,
+default None: no limit; the docs' example uses 480) a method whose counter *exceeds* the limit before a
+call is blocked: the call that takes it over still runs, the next is refused (limits.md) until enough
+baskets drop out, with ``operating_reset_at`` = the oldest basket's end. So a client that watches
+``time.operating`` and waits for ``operating_reset_at`` is never refused; one that does not, is.
+Refusals (budget or :meth:`Portal.operation_limit`) are counted in ``stats.rejected_429``.
 
 Operation limit
 ---------------
-:meth:`Portal.operation_limit` blocks a method for some seconds. A direct call answers **429**
+:meth:`Portal.operation_limit` blocks a method for some seconds (``stats.injected["operation_limit"]``);
+the budget above refuses in the same shape. A direct call answers **429**
 ``{"error": "OPERATION_TIME_LIMIT", "error_description": "Method is blocked due to operation time
 limit.", "operating_reset_at": <unix time>}``. Inside ``batch`` every command of that method gets that
 same object in ``result_error`` (the docs: nested calls are checked one by one against their own method's

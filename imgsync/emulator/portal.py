@@ -437,7 +437,8 @@ def _browser_like(headers: Any) -> bool:
 
 
 class Portal:
-    """An emulated Bitrix24 portal serving ``catalog.productImage.*``, ``batch``, downloads and OAuth.
+    """An emulated Bitrix24 portal: ``catalog.productImage.*``, the catalog listings, ``batch``, downloads
+    and OAuth.
 
     See the package docstring for the behaviour. Every attribute given to the constructor (and
     ``overload``, ``faults``) may be changed while it runs.
