@@ -1,0 +1,80 @@
+"""The package's layout as the README's table draws it: each module's size and what of ours it imports.
+
+    python -m bench.layout [PACKAGE_DIR]        # default: imgsync/ beside this folder
+
+Prints one line per module: lines of code (non-blank, non-comment), then the modules of the package it imports
+(``->``). Also checks the rules of the layout: nothing imports ``cli``; ``bitrix``, ``download``, ``store`` and
+``s3`` import nothing of ours but errors, models and redact; only ``store`` holds SQL naming the ``images`` table's columns. Exit 1 when a
+rule is broken, so it can run in CI.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+SEPARATE = {"bitrix", "download", "store", "s3"}
+# What the edge modules may import of ours (STYLE.md's table; redact is the one redaction helper).
+LEAF_IMPORTS = {"__init__", "errors", "models", "redact"}
+SQL_ON_IMAGES = re.compile(r"\b(from|into|update)\s+images\b", re.IGNORECASE)
+
+
+def module_name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts) or "__init__"
+
+
+def ours(node: ast.AST, package_parts: list[str], package: str) -> set[str]:
+    """The package's modules that an import statement names, relative to the package root."""
+    found: set[str] = set()
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = package_parts[: len(package_parts) - (node.level - 1)]
+            if node.module:
+                found.add(".".join([*base, node.module]))
+            else:
+                found |= {".".join([*base, a.name]) for a in node.names}
+        elif node.module and node.module.startswith(package + "."):
+            found.add(node.module[len(package) + 1 :])
+    elif isinstance(node, ast.Import):
+        found |= {a.name[len(package) + 1 :] for a in node.names if a.name.startswith(package + ".")}
+    return {"__init__" if f in ("__version__", "") else f for f in found}
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "imgsync"
+    package = root.name
+    modules: dict[str, tuple[int, set[str], str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        name = module_name(path, root)
+        text = path.read_text()
+        tree = ast.parse(text)
+        loc = sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+        parts = [] if name == "__init__" else name.split(".")
+        package_parts = parts if path.name == "__init__.py" else parts[:-1]
+        imports: set[str] = set()
+        for node in ast.walk(tree):
+            imports |= ours(node, package_parts, package)
+        top = {i if i.startswith("emulator") else i.split(".")[0] for i in imports} - {name}
+        modules[name] = (loc, top, text)
+    broken: list[str] = []
+    for name, (loc, imports, text) in modules.items():
+        arrows = ", ".join(sorted(imports)) or "-"
+        print(f"{name:<22} {loc:>5}  -> {arrows}")
+        if "cli" in imports and name != "__main__":
+            broken.append(f"{name} imports cli")
+        if name in SEPARATE and imports - LEAF_IMPORTS:
+            broken.append(f"{name} imports {sorted(imports - LEAF_IMPORTS)}")
+        if name != "store" and not name.startswith("emulator") and SQL_ON_IMAGES.search(text):
+            broken.append(f"{name} holds SQL on the images table")
+    print(f"{'total':<22} {sum(v[0] for v in modules.values()):>5}")
+    for line in broken:
+        print(f"rule broken: {line}")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
