@@ -296,8 +296,8 @@ def sync(
 
 def _plan_printer() -> Callable[[Plan], None]:
     def show(plan: Plan) -> None:
-        name = plan.image.name if plan.image else (plan.row or {}).get("name") or ""
-        click.echo(f"{plan.action:<9} {str(plan.ref):<15} {plan.reason}" + (f"  [{name}]" if name else ""))
+        name = plan.name
+        click.echo(f"{plan.action!s:<9} {str(plan.ref):<15} {plan.reason}" + (f"  [{name}]" if name else ""))
 
     return show
 
@@ -366,13 +366,7 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
         with Store(settings.db, readonly=True) as store:
             counts = store.counts_by_status()
             runs = store.last_runs(n_runs)
-            totals = next(
-                iter(
-                    store.db.query(
-                        "select count(*) as images, coalesce(sum(size), 0) as bytes from images where status = 'ok'"
-                    )
-                )
-            )
+            _backed_up, bytes_ok = store.totals()
         if as_json:
             click.echo(
                 json.dumps(
@@ -380,14 +374,14 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
                         "db": str(settings.db),
                         "images": counts,
                         "total": sum(counts.values()),
-                        "bytes_ok": totals["bytes"],
+                        "bytes_ok": bytes_ok,
                         "runs": runs,
                     }
                 )
             )
             return
         click.echo(f"database: {settings.db}")
-        click.echo(f"images:   {sum(counts.values())} ({totals['bytes']} bytes backed up)")
+        click.echo(f"images:   {sum(counts.values())} ({bytes_ok} bytes backed up)")
         for name, n in counts.items():
             click.echo(f"  {name:<8} {n}")
         if runs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 
 @dataclass(frozen=True, order=True)
@@ -54,6 +55,124 @@ class PortalImage:
             detail_url=str(data.get("detailUrl") or ""),
             download_url=str(data.get("downloadUrl") or ""),
         )
+
+
+class Action(StrEnum):
+    """What the plan does with one image (and what ``--dry-run`` prints)."""
+
+    DOWNLOAD = "download"
+    UPLOAD = "upload"
+    UNCHANGED = "unchanged"
+    MISSING = "missing"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """The object a backup was uploaded to, as recorded: its key, ETag and the sha256 sent beside it."""
+
+    key: str
+    etag: str | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD of an S3 object tells: the sha256 imgsync wrote beside it (None when absent), its size, ETag,
+    content type and user metadata (keys lower-cased)."""
+
+    sha256: str | None
+    size: int
+    etag: str | None
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def same_bytes(self, sha256: str | None, size: int | None) -> bool:
+        """Is this object the backup of a file with this sha256 and size? The one answer to that question."""
+        return sha256 is not None and self.sha256 == sha256 and self.size == size
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One row of the state: what was last seen of an image and where its backup is.
+
+    ``local_path`` is relative to dest and ``s3`` the recorded object, each None when there is no such backup.
+    """
+
+    product_id: int
+    image_id: int
+    name: str = ""
+    type: str = ""
+    create_time: str = ""
+    detail_url: str = ""
+    sha256: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    local_path: str | None = None
+    s3: S3Object | None = None
+    status: str = ""
+    error: str | None = None
+    first_synced_at: str | None = None
+    last_checked_at: str | None = None
+    last_changed_at: str | None = None
+
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(self.product_id, self.image_id)
+
+    def fingerprint(self) -> tuple[str, str, str, str]:
+        """The recorded fields of the skip rule, to compare with :meth:`PortalImage.fingerprint`."""
+        return (self.name, self.type, self.create_time, self.detail_url)
+
+
+class Event(StrEnum):
+    """What a run did with an image, as the ``events`` table names it."""
+
+    DOWNLOADED = "downloaded"
+    UNCHANGED = "unchanged"
+    UPLOADED = "uploaded"
+    MISSING = "missing"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one image in a run: the one thing the pipeline hands the store to record.
+
+    - ``DOWNLOADED``: ``image`` (the metadata seen), ``sha256``/``size``/``content_type`` of the file now in
+      place, ``local_path`` (None once it was removed after an upload), ``changed`` when the bytes differ
+      from the recorded ones;
+    - ``UNCHANGED``: the backup stands (``local_path`` None with ``clear_local``: removed after an upload);
+    - ``MISSING``: gone upstream, the backup kept; ``FAILED``: not backed up this run, ``detail`` says why.
+
+    ``s3`` is the object it was (found or) uploaded to, ``uploaded`` when it was sent this run, and
+    ``upload_error`` when that failed: the image is then failed too. ``remove_after`` lists files (relative
+    to dest) the new row supersedes: the pipeline removes them once the row is committed.
+    """
+
+    ref: ImageRef
+    event: Event
+    detail: str = ""
+    image: PortalImage | None = None
+    sha256: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    local_path: str | None = None
+    changed: bool = False
+    clear_local: bool = False
+    s3: S3Object | None = None
+    uploaded: bool = False
+    upload_error: str | None = None
+    remove_after: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.event == Event.FAILED or self.upload_error is not None
+
+    @property
+    def reason(self) -> str:
+        """Why the image failed, or the detail."""
+        return f"upload failed: {self.upload_error}" if self.upload_error else self.detail
 
 
 # --- what the report reads (see the ``# --- report queries ---`` block of ``Store``) ------------------------

@@ -48,7 +48,7 @@ from botocore.exceptions import (
 from s3transfer import exceptions as transfer_errors
 
 from .errors import S3SetupError, UploadError
-from .models import ImageRef
+from .models import ImageRef, ObjectInfo
 from .redact import redact, redact_url, register_secret
 
 if TYPE_CHECKING:
@@ -357,9 +357,9 @@ class S3Uploader:
             return UploadError(redact(f"{url}: cannot reach S3 at {self.where} ({type(exc).__name__})"))
         return UploadError(redact(f"{url}: {_boto_text(exc)}"))
 
-    def head(self, key: str) -> dict[str, Any] | None:
-        """``{"sha256", "size", "etag", "content_type", "metadata"}`` of the object, or None when it does not
-        exist. ``sha256`` is None for an object not written by imgsync. Raises :class:`UploadError`."""
+    def head(self, key: str) -> ObjectInfo | None:
+        """What the object holds, or None when it does not exist. ``sha256`` is None for an object not
+        written by imgsync. Raises :class:`UploadError`."""
         try:
             reply = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -369,13 +369,13 @@ class S3Uploader:
         except BotoCoreError as exc:
             raise self._upload_error(key, exc) from None
         metadata = {str(k).lower(): str(v) for k, v in (reply.get("Metadata") or {}).items()}
-        return {
-            "sha256": metadata.get("sha256"),
-            "size": reply.get("ContentLength"),
-            "etag": _etag(reply.get("ETag")),
-            "content_type": reply.get("ContentType"),
-            "metadata": metadata,
-        }
+        return ObjectInfo(
+            sha256=metadata.get("sha256"),
+            size=int(reply.get("ContentLength") or 0),
+            etag=_etag(reply.get("ETag")),
+            content_type=reply.get("ContentType"),
+            metadata=metadata,
+        )
 
     def put(self, path: Path, key: str, *, sha256: str, size: int, content_type: str, ref: ImageRef) -> str:
         """Upload ``path`` to ``key``, verify the object (size and sha256 metadata), return its ETag.
@@ -409,13 +409,13 @@ class S3Uploader:
             raise UploadError(
                 f"{self._url(key)}: not verified, the object is not there right after the upload"
             )
-        if found["size"] != size or found["sha256"] != sha256:
+        if not found.same_bytes(sha256, size):
             raise UploadError(
-                f"{self._url(key)}: not verified, the object holds {found['size']} bytes with sha256 "
-                f"{found['sha256'] or 'unset'}, expected {size} bytes with sha256 {sha256}"
+                f"{self._url(key)}: not verified, the object holds {found.size} bytes with sha256 "
+                f"{found.sha256 or 'unset'}, expected {size} bytes with sha256 {sha256}"
             )
-        log.debug("uploaded %s (%d bytes, etag %s)", self._url(key), size, found["etag"])
-        return str(found["etag"])
+        log.debug("uploaded %s (%d bytes, etag %s)", self._url(key), size, found.etag)
+        return str(found.etag)
 
 
 # --- a local S3 server for the demo and the tests ----------------------------------------------------------------

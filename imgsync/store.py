@@ -19,7 +19,6 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import sqlite_utils
 
 from .errors import AlreadyRunning, LocalStorageError, StateError
-from .models import BackupTotals, ImageRef, ImageState, RunStats
+from .models import BackupTotals, Event, ImageRef, ImageState, Outcome, RunStats, S3Object, StoredImage
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -110,20 +109,6 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m001_initial),
     (2, "run_state", _m002_run_state),
 ]
-
-
-@dataclass
-class Record:
-    """What the sync decided for one image, ready to be written."""
-
-    ref: ImageRef
-    action: str  # downloaded, unchanged, uploaded, missing, failed
-    detail: str = ""
-    fields: dict[str, Any] | None = None  # columns of ``images`` to set
-    extra_actions: tuple[str, ...] = ()  # e.g. ("uploaded",) after "downloaded"
-    # Files (relative to dest) this record's row supersedes. The sync removes them only once the row is
-    # committed: removed before, a kill in between would leave the old row naming a file that is gone.
-    remove_after: tuple[str, ...] = ()
 
 
 class Store:
@@ -223,7 +208,7 @@ class Store:
             return applied
 
     # -- images -----------------------------------------------------------------------------------
-    def rows_for(self, refs: Sequence[ImageRef]) -> dict[ImageRef, dict[str, Any]]:
+    def rows_for(self, refs: Sequence[ImageRef]) -> dict[ImageRef, StoredImage]:
         """The recorded rows of these images (absent ones are left out)."""
         if not refs:
             return {}
@@ -233,29 +218,53 @@ class Store:
             params += [ref.product_id, ref.image_id]
         with self._lock:
             rows = self.db.query(f"select * from images where {clause}", params)
-            return {ImageRef(r["product_id"], r["image_id"]): r for r in rows}
+            return {ImageRef(r["product_id"], r["image_id"]): _stored(r) for r in rows}
 
-    def rows_of_product(self, product_id: int) -> list[dict[str, Any]]:
+    def rows_of_product(self, product_id: int) -> list[StoredImage]:
         with self._lock:
-            return list(
-                self.db.query("select * from images where product_id = ? order by image_id", [product_id])
+            rows = self.db.query("select * from images where product_id = ? order by image_id", [product_id])
+            return [_stored(r) for r in rows]
+
+    def iter_backups(self) -> Iterator[StoredImage]:
+        """Rows that record a backup (a local file or an S3 object), in id order, streamed."""
+        cursor = self.db.execute(
+            "select * from images where sha256 is not null and (local_path is not null or s3_key is not null) "
+            "order by product_id, image_id"
+        )
+        columns = [d[0] for d in cursor.description]
+        while batch := cursor.fetchmany(1000):
+            for values in batch:
+                yield _stored(dict(zip(columns, values, strict=True)))
+
+    def totals(self) -> tuple[int, int]:
+        """(images backed up, their bytes): the rows with status ``ok``."""
+        with self._lock:
+            row = self.db.execute(
+                "select count(*), coalesce(sum(size), 0) from images where status = 'ok'"
+            ).fetchone()
+            return int(row[0]), int(row[1])
+
+    def mark_replacing(self, refs: Iterable[ImageRef]) -> None:
+        """These ``ok`` rows stop claiming their backup before a download overwrites it, in one commit.
+
+        A kill between the rename of the new file and the commit of its row would otherwise leave an
+        ``ok`` row describing bytes that are no longer there. The next run sees the row ``failed`` (its
+        file intact) until it completes the download.
+        """
+        with self._writing() as conn:
+            conn.executemany(
+                "update images set status = 'failed', error = ? where product_id = ? and image_id = ?",
+                [(_REPLACING, ref.product_id, ref.image_id) for ref in refs],
             )
 
-    def save(self, run_id: int | None, records: Iterable[Record]) -> None:
-        """Write image rows and their events in one transaction (one commit for many images)."""
+    def save(self, run_id: int | None, outcomes: Iterable[Outcome]) -> None:
+        """Record what a run did, image rows and their events, in one transaction (one commit for many)."""
         now = utcnow()
         events: list[tuple[Any, ...]] = []
         with self._writing() as conn:
-            for rec in records:
-                if rec.fields is not None:
-                    row = {
-                        "product_id": rec.ref.product_id,
-                        "image_id": rec.ref.image_id,
-                        **rec.fields,
-                        "last_checked_at": now,
-                    }
-                    if row.get("status") == "ok":
-                        row["first_synced_at"] = now
+            for outcome in outcomes:
+                row = _columns(outcome, now)
+                if row is not None:
                     cols = list(row)
                     updates = ", ".join(
                         f"{c} = coalesce(images.{c}, excluded.{c})"
@@ -270,8 +279,9 @@ class Store:
                         list(row.values()),
                     )
                 if run_id is not None:
-                    for action in (rec.action, *rec.extra_actions):
-                        events.append((run_id, rec.ref.product_id, rec.ref.image_id, action, rec.detail, now))
+                    ref = outcome.ref
+                    for action, detail in _events(outcome):
+                        events.append((run_id, ref.product_id, ref.image_id, str(action), detail, now))
             conn.executemany(
                 "insert into events (run_id, product_id, image_id, action, detail, at) values (?, ?, ?, ?, ?, ?)",
                 events,
@@ -485,6 +495,83 @@ class Store:
                 [limit],
             )
             return [ImageState(*row) for row in rows.fetchall()]
+
+
+_REPLACING = "a newer version was being downloaded when the run stopped"
+
+
+def _stored(row: dict[str, Any]) -> StoredImage:
+    s3 = (
+        S3Object(row["s3_key"], row.get("s3_etag"), row.get("s3_sha256") or "") if row.get("s3_key") else None
+    )
+    return StoredImage(
+        product_id=row["product_id"],
+        image_id=row["image_id"],
+        name=row.get("name") or "",
+        type=row.get("type") or "",
+        create_time=row.get("create_time") or "",
+        detail_url=row.get("detail_url") or "",
+        sha256=row.get("sha256"),
+        size=row.get("size"),
+        content_type=row.get("content_type"),
+        local_path=row.get("local_path"),
+        s3=s3,
+        status=row.get("status") or "",
+        error=row.get("error"),
+        first_synced_at=row.get("first_synced_at"),
+        last_checked_at=row.get("last_checked_at"),
+        last_changed_at=row.get("last_changed_at"),
+    )
+
+
+def _columns(outcome: Outcome, now: str) -> dict[str, Any] | None:
+    """The ``images`` columns an outcome sets (None: it has no row, as a product that could not be listed)."""
+    ref = outcome.ref
+    row: dict[str, Any] = {"product_id": ref.product_id, "image_id": ref.image_id}
+    if outcome.event in (Event.DOWNLOADED, Event.UNCHANGED):
+        if outcome.event == Event.DOWNLOADED:
+            image = outcome.image
+            assert image is not None
+            row.update(
+                name=image.name,
+                type=image.type,
+                create_time=image.create_time,
+                detail_url=image.detail_url,
+                sha256=outcome.sha256,
+                size=outcome.size,
+                content_type=outcome.content_type or None,
+                local_path=outcome.local_path,
+            )
+            if outcome.changed:
+                row["last_changed_at"] = now
+        elif outcome.clear_local:
+            row["local_path"] = None
+        if outcome.s3 is not None:
+            row.update(s3_key=outcome.s3.key, s3_etag=outcome.s3.etag, s3_sha256=outcome.s3.sha256)
+        if outcome.upload_error is not None:
+            row.update(status="failed", error=outcome.reason)
+        else:
+            row.update(status="ok", error=None, first_synced_at=now)
+    elif outcome.event == Event.MISSING:
+        row.update(status="missing", error=outcome.detail)
+    elif ref.image_id:
+        row.update(status="failed", error=outcome.detail)
+    else:
+        return None
+    row["last_checked_at"] = now
+    return row
+
+
+def _events(outcome: Outcome) -> list[tuple[Event, str]]:
+    """The ``events`` rows of an outcome: its own, and an upload (or its failure) after it."""
+    out = [(outcome.event, outcome.detail)]
+    if outcome.uploaded:
+        out.append((Event.UPLOADED, outcome.detail))
+    if outcome.upload_error is not None:
+        failed = (Event.FAILED, outcome.reason)
+        # An unchanged image whose upload failed is a failure of this run, not an unchanged one.
+        out = [failed] if outcome.event == Event.UNCHANGED else [*out, failed]
+    return out
 
 
 def _create_private(path: Path) -> None:

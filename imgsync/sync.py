@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,17 +31,14 @@ from .errors import (
     Interrupted,
     UploadError,
 )
-from .models import ImageRef, PortalImage
-from .store import Record, Store, utcnow
+from .models import Action, Event, ImageRef, ObjectInfo, Outcome, PortalImage, S3Object, StoredImage
+from .store import Store
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD, UPLOAD, UNCHANGED, MISSING, FAILED = "download", "upload", "unchanged", "missing", "failed"
 # The longest a download link may wait for its turn, at the configured rate, should every batch in flight
 # turn out to need all its downloads (see Syncer._pipeline).
 LINK_WAIT_S = 30.0
-# What the row of a backup being replaced says until the new version's row is committed.
-_REPLACING = {"status": "failed", "error": "a newer version was being downloaded when the run stopped"}
 
 
 class Uploader(Protocol):
@@ -52,8 +49,8 @@ class Uploader(Protocol):
 
     def key_for(self, relative: str) -> str: ...
 
-    def head(self, key: str) -> dict[str, Any] | None:
-        """``{"sha256", "size", "etag"}`` of the object, or None when it does not exist."""
+    def head(self, key: str) -> ObjectInfo | None:
+        """What the object is (its sha256 metadata, size, ETag), or None when it does not exist."""
 
     def put(self, path: Path, key: str, *, sha256: str, size: int, content_type: str, ref: ImageRef) -> str:
         """Upload; return the ETag. Raises :class:`~imgsync.errors.UploadError`."""
@@ -81,15 +78,34 @@ class ProductChunk:
     skip: Container[ImageRef] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """The decision for one image, with the reason a person reads in ``--dry-run``."""
+    """The decision for one image, with the reason a person reads in ``--dry-run``.
+
+    ``relative`` (the file under dest) and ``s3_key`` are computed once, from the image as the portal
+    names it now, for the executors to use as they are.
+    """
 
     ref: ImageRef
-    action: str
+    action: Action
     reason: str
     image: PortalImage | None = None
-    row: dict[str, Any] | None = None
+    row: StoredImage | None = None
+    relative: str | None = None
+    s3_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.image.name if self.image else (self.row.name if self.row else "")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "product_id": self.ref.product_id,
+            "image_id": self.ref.image_id,
+            "action": str(self.action),
+            "reason": self.reason,
+            "name": self.name,
+        }
 
 
 @dataclass
@@ -120,51 +136,46 @@ class Summary:
 
 
 def decide(
-    ref: ImageRef, found: PortalImage | ImageError, row: dict[str, Any] | None, opts: SyncOptions
+    ref: ImageRef, found: PortalImage | ImageError, row: StoredImage | None, opts: SyncOptions
 ) -> Plan:
     """The contract's skip rule, for one image. Pure but for a stat of the local file."""
     if isinstance(found, ImageGone):
-        reason = (
-            "gone upstream; the backup is kept" if row and row.get("sha256") else "not found on the portal"
-        )
-        return Plan(ref, MISSING, reason, None, row)
+        reason = "gone upstream; the backup is kept" if row and row.sha256 else "not found on the portal"
+        return Plan(ref, Action.MISSING, reason, None, row)
     if isinstance(found, ImageError):
-        return Plan(ref, FAILED, found.message, None, row)
+        return Plan(ref, Action.FAILED, found.message, None, row)
     image = found
-    if row is None or not row.get("sha256"):
-        return Plan(ref, DOWNLOAD, "new", image, row)
+    relative = relative_path(ref, image.name)
+    key = opts.uploader.key_for(relative) if opts.uploader is not None else None
+
+    def plan(action: Action, reason: str) -> Plan:
+        return Plan(ref, action, reason, image, row, relative, key)
+
+    if row is None or not row.sha256:
+        return plan(Action.DOWNLOAD, "new")
     if opts.force:
-        return Plan(ref, DOWNLOAD, "forced", image, row)
-    recorded = (
-        row.get("name") or "",
-        row.get("type") or "",
-        row.get("create_time") or "",
-        row.get("detail_url") or "",
-    )
+        return plan(Action.DOWNLOAD, "forced")
     changed = [
         label
         for label, old, new in zip(
-            ("name", "type", "createTime", "detailUrl"), recorded, image.fingerprint(), strict=True
+            ("name", "type", "createTime", "detailUrl"), row.fingerprint(), image.fingerprint(), strict=True
         )
         if old != new
     ]
     if changed:
-        return Plan(ref, DOWNLOAD, "changed: " + ", ".join(changed), image, row)
-    local_file = inside_dest(opts.dest, row.get("local_path"))
-    local = local_file is not None and file_matches(local_file, row.get("size"))
-    uploader = opts.uploader
-    in_s3 = bool(row.get("s3_key")) and row.get("s3_sha256") == row.get("sha256")
-    if uploader is not None:
-        in_s3 = in_s3 and row.get("s3_key") == uploader.key_for(relative_path(ref, image.name))
+        return plan(Action.DOWNLOAD, "changed: " + ", ".join(changed))
+    local_file = inside_dest(opts.dest, row.local_path)
+    local = local_file is not None and file_matches(local_file, row.size)
+    in_s3 = row.s3 is not None and row.s3.sha256 == row.sha256 and row.s3.key == key
     if opts.keep_local and not local:
-        return Plan(ref, DOWNLOAD, "local file missing or of another size", image, row)
-    if uploader is not None and not in_s3:
+        return plan(Action.DOWNLOAD, "local file missing or of another size")
+    if opts.uploader is not None and not in_s3:
         if local:
-            return Plan(ref, UPLOAD, "not in S3 yet", image, row)
-        return Plan(ref, DOWNLOAD, "not in S3 and no local copy", image, row)
+            return plan(Action.UPLOAD, "not in S3 yet")
+        return plan(Action.DOWNLOAD, "not in S3 and no local copy")
     if not opts.keep_local and not local and not in_s3:
-        return Plan(ref, DOWNLOAD, "no backup present", image, row)
-    return Plan(ref, UNCHANGED, "unchanged", image, row)
+        return plan(Action.DOWNLOAD, "no backup present")
+    return plan(Action.UNCHANGED, "unchanged")
 
 
 class Syncer:
@@ -189,22 +200,18 @@ class Syncer:
         self.on_plan = on_plan
         self.stop = stop or client.stop
         self.summary = Summary()
-        self._pending_records: list[Record] = []
+        self._pending: list[Outcome] = []
         self._last_flush = time.monotonic()
         self._expected = BATCH_SIZE  # downloads a batch in flight will bring, as the last chunk did
 
     # -- the whole run ----------------------------------------------------------------------------
-    def run(
-        self, chunks: Iterable[list[ImageRef] | ProductChunk], *, extra_plans: Iterable[Plan] = ()
-    ) -> Summary:
+    def run(self, chunks: Iterable[list[ImageRef] | ProductChunk]) -> Summary:
         """Sync every chunk; return the summary. Fatal errors are raised after what finished is recorded."""
         started = time.monotonic()
         dry = self.opts.dry_run
         if not dry:
             self.summary.run_id = self.store.start_run()
         try:
-            for plan in extra_plans:
-                self._handle_plan(plan, None)
             self._pipeline(iter(chunks))
         except ImgsyncError as exc:
             self.summary.error = exc.message
@@ -252,7 +259,7 @@ class Syncer:
         self,
         item: list[ImageRef] | ProductChunk,
         result: dict[Any, Any],
-        executor: tuple[dict[Future[Record], Plan], ThreadPoolExecutor],
+        executor: tuple[dict[Future[Outcome], Plan], ThreadPoolExecutor],
     ) -> tuple[list[ImageRef], dict[ImageRef, PortalImage | ImageError]]:
         """The refs and metadata of a fetched chunk. A product listing already holds every image's
         metadata and a fresh link, so its images need no ``get`` call of their own."""
@@ -262,7 +269,7 @@ class Syncer:
         extra: list[Plan] = []
         for pid, listing in result.items():
             if isinstance(listing, ImageError):
-                extra.append(Plan(ImageRef(pid, 0), FAILED, f"product {pid}: {listing.message}"))
+                extra.append(Plan(ImageRef(pid, 0), Action.FAILED, f"product {pid}: {listing.message}"))
                 continue
             for image in listing.images:
                 if image.ref not in item.skip and image.ref not in found:
@@ -278,7 +285,7 @@ class Syncer:
         meta_pool = ThreadPoolExecutor(workers, thread_name_prefix="meta")
         work_pool = ThreadPoolExecutor(workers, thread_name_prefix="work")
         meta: dict[Future[Any], list[ImageRef] | ProductChunk] = {}
-        work: dict[Future[Record], Plan] = {}
+        work: dict[Future[Outcome], Plan] = {}
         # How far metadata may run ahead of the downloads: one chunk beyond what the workers hold, so
         # a link waits at most a chunk's worth of downloads before it is used. A batch in flight counts
         # as many downloads as the last chunk needed: a run with nothing to download (warm) keeps up to
@@ -315,12 +322,12 @@ class Syncer:
                     else:
                         plan = work.pop(fut)
                         try:
-                            record = fut.result()
+                            outcome = fut.result()
                         except ImgsyncError as exc:
                             if exc.fatal:
                                 raise
-                            record = self._failed(plan, exc)
-                        self._record(record)
+                            outcome = self._failed(plan, exc)
+                        self._record(outcome)
                 self._flush()
         except BaseException as exc:
             fatal = exc
@@ -342,7 +349,7 @@ class Syncer:
         self,
         chunk: list[ImageRef],
         found: dict[ImageRef, PortalImage | ImageError],
-        work: dict[Future[Record], Plan],
+        work: dict[Future[Outcome], Plan],
         pool: ThreadPoolExecutor,
     ) -> None:
         rows = self.store.rows_for(chunk)
@@ -350,39 +357,31 @@ class Syncer:
             decide(ref, found.get(ref) or ImageError("no answer from the portal"), rows.get(ref), self.opts)
             for ref in chunk
         ]
-        self._expected = max(1, sum(plan.action in (DOWNLOAD, UPLOAD) for plan in plans))
-        # A download that will land on the very file (or S3 object) an ``ok`` row describes: that row
-        # stops claiming it first, in one commit for the chunk. Otherwise a kill between the rename and
-        # the next commit would leave an ``ok`` row describing bytes that are no longer there.
+        self._expected = max(1, sum(plan.action in (Action.DOWNLOAD, Action.UPLOAD) for plan in plans))
         replacing = [plan.ref for plan in plans if self._replaces_backup(plan)]
         if replacing and not self.opts.dry_run:
-            self.store.save(None, [Record(ref, "replacing", fields=dict(_REPLACING)) for ref in replacing])
+            self.store.mark_replacing(replacing)
         for plan in plans:
             self._handle_plan(plan, (work, pool))
 
     def _replaces_backup(self, plan: Plan) -> bool:
         """Will this plan's download land on the file, or S3 object, that its ``ok`` row describes?"""
-        row, image, uploader = plan.row, plan.image, self.opts.uploader
-        if plan.action != DOWNLOAD or image is None or not row or row.get("status") != "ok":
+        row = plan.row
+        if plan.action != Action.DOWNLOAD or row is None or row.status != "ok":
             return False
-        relative = relative_path(plan.ref, image.name)
-        return row.get("local_path") == relative or (
-            uploader is not None
-            and bool(row.get("s3_key"))
-            and row.get("s3_key") == uploader.key_for(relative)
-        )
+        return row.local_path == plan.relative or (row.s3 is not None and row.s3.key == plan.s3_key)
 
     def _handle_plan(
-        self, plan: Plan, executor: tuple[dict[Future[Record], Plan], ThreadPoolExecutor] | None
+        self, plan: Plan, executor: tuple[dict[Future[Outcome], Plan], ThreadPoolExecutor] | None
     ) -> None:
         if self.on_plan is not None:
             self.on_plan(plan)
         if self.opts.dry_run:
             self._count_plan(plan)
             return
-        if plan.action in (DOWNLOAD, UPLOAD) and executor is not None:
+        if plan.action in (Action.DOWNLOAD, Action.UPLOAD) and executor is not None:
             work, pool = executor
-            job = self._download if plan.action == DOWNLOAD else self._upload_only
+            job = self._download if plan.action == Action.DOWNLOAD else self._upload_only
             work[pool.submit(job, plan)] = plan
             return
         self._record(self._immediate(plan))
@@ -390,38 +389,35 @@ class Syncer:
     def _count_plan(self, plan: Plan) -> None:
         s = self.summary
         s.requested += 1
-        if plan.action == DOWNLOAD:
+        if plan.action == Action.DOWNLOAD:
             s.downloaded += 1
-        elif plan.action == UPLOAD:
+        elif plan.action == Action.UPLOAD:
             s.unchanged += 1
             s.uploaded += 1
-        elif plan.action == UNCHANGED:
+        elif plan.action == Action.UNCHANGED:
             s.unchanged += 1
-        elif plan.action == MISSING:
+        elif plan.action == Action.MISSING:
             s.missing += 1
         else:
             s.failed += 1
-        self.progress(plan.action)
+        self.progress(str(plan.action))
 
-    # -- what each action does --------------------------------------------------------------------
-    def _immediate(self, plan: Plan) -> Record:
+    # -- what each action does: each returns the outcome, which only _flush hands to the store --------
+    def _immediate(self, plan: Plan) -> Outcome:
         """unchanged, missing and failed need no download: just the row and the event."""
-        if plan.action == UNCHANGED:
-            assert plan.image is not None
-            return Record(plan.ref, "unchanged", "", {"status": "ok", "error": None})
-        if plan.action == MISSING:
-            return Record(plan.ref, "missing", plan.reason, {"status": "missing", "error": plan.reason})
-        # A product that could not be listed has no image row to mark: its event says what happened.
-        fields = {"status": "failed", "error": plan.reason} if plan.ref.image_id else None
-        return Record(plan.ref, "failed", plan.reason, fields)
+        if plan.action == Action.UNCHANGED:
+            return Outcome(plan.ref, Event.UNCHANGED)
+        if plan.action == Action.MISSING:
+            return Outcome(plan.ref, Event.MISSING, plan.reason)
+        # A product that could not be listed (image id 0) has no row: its event says what happened.
+        return Outcome(plan.ref, Event.FAILED, plan.reason)
 
-    def _failed(self, plan: Plan, exc: ImgsyncError) -> Record:
+    def _failed(self, plan: Plan, exc: ImgsyncError) -> Outcome:
         if isinstance(exc, ImageGone):
-            reason = "gone upstream; the backup is kept"
-            return Record(plan.ref, "missing", reason, {"status": "missing", "error": reason})
-        return Record(plan.ref, "failed", exc.message, {"status": "failed", "error": exc.message})
+            return Outcome(plan.ref, Event.MISSING, "gone upstream; the backup is kept")
+        return Outcome(plan.ref, Event.FAILED, exc.message)
 
-    def _download(self, plan: Plan) -> Record:
+    def _download(self, plan: Plan) -> Outcome:
         """Download one image (the client fetches fresh links and retries), then upload it if S3 is on."""
         assert plan.image is not None
         ref = plan.ref
@@ -432,121 +428,117 @@ class Syncer:
             return size, sha256, body.content_type
 
         image, (size, sha256, content_type) = self.client.download(plan.image, write)
-        relative = relative_path(ref, image.name)
-        target = resolve_inside(self.opts.dest, relative)
+        # The link fetched last may name the image anew (renamed meanwhile): the file is where it says.
+        relative = plan.relative if image.name == plan.image.name else relative_path(ref, image.name)
+        assert relative is not None
         log.info("downloaded %s (%d bytes, %s)", ref, size, plan.reason)
-        row = plan.row or {}
-        now = utcnow()
-        fields: dict[str, Any] = {
-            "name": image.name,
-            "type": image.type,
-            "create_time": image.create_time,
-            "detail_url": image.detail_url,
-            "sha256": sha256,
-            "size": size,
-            "content_type": content_type or None,
-            "local_path": relative,
-            "status": "ok",
-            "error": None,
-        }
-        if row.get("sha256") != sha256:
-            fields["last_changed_at"] = now
-        old_path = row.get("local_path")
-        record = Record(ref, "downloaded", f"{size} bytes, {plan.reason}", fields)
-        if self.opts.uploader is not None:
-            self._ensure_uploaded(record, target, relative, row, force=self.opts.force)
-        if old_path and old_path != relative and record.fields and record.fields.get("status") == "ok":
-            # The image was replaced under a new name: the new file supersedes the old one, which goes
-            # once the new row is committed (see _flush), never while the old row still names it.
-            record.remove_after += (old_path,)
-        return record
-
-    def _upload_only(self, plan: Plan) -> Record:
-        """The local file is current but S3 is not: upload without downloading."""
-        assert plan.image is not None and plan.row is not None
         row = plan.row
-        relative = row["local_path"]
-        path = inside_dest(self.opts.dest, relative)
-        if path is None:
-            raise DownloadFailed(f"the recorded path {relative!r} is outside the destination folder")
-        record = Record(
-            plan.ref,
-            "unchanged",
-            plan.reason,
-            {"status": "ok", "error": None, "sha256": row["sha256"], "size": row["size"]},
+        outcome = Outcome(
+            ref,
+            Event.DOWNLOADED,
+            f"{size} bytes, {plan.reason}",
+            image=image,
+            sha256=sha256,
+            size=size,
+            content_type=content_type or None,
+            local_path=relative,
+            changed=row is None or row.sha256 != sha256,
         )
-        self._ensure_uploaded(record, path, relative, row, force=False)
-        return record
+        if self.opts.uploader is not None:
+            key = self.opts.uploader.key_for(relative)
+            outcome = self._ensure_uploaded(outcome, resolve_inside(self.opts.dest, relative), key, row)
+        if row is not None and row.local_path and row.local_path != relative and not outcome.failed:
+            # Replaced under a new name: the new file supersedes the old one, which goes once the new row
+            # is committed (see _flush), never while the old row still names it.
+            outcome = replace(outcome, remove_after=(*outcome.remove_after, row.local_path))
+        return outcome
 
-    def _ensure_uploaded(
-        self, record: Record, path: Path, relative: str, row: dict[str, Any], *, force: bool
-    ) -> None:
-        """Put the file in S3 unless the same bytes are already there; update ``record`` in place."""
+    def _upload_only(self, plan: Plan) -> Outcome:
+        """The local file is current but S3 is not: upload without downloading."""
+        row = plan.row
+        assert row is not None and row.local_path and plan.s3_key is not None
+        path = inside_dest(self.opts.dest, row.local_path)
+        if path is None:
+            raise DownloadFailed(f"the recorded path {row.local_path!r} is outside the destination folder")
+        outcome = Outcome(
+            plan.ref,
+            Event.UNCHANGED,
+            plan.reason,
+            sha256=row.sha256,
+            size=row.size,
+            local_path=row.local_path,
+        )
+        return self._ensure_uploaded(outcome, path, plan.s3_key, row)
+
+    def _ensure_uploaded(self, outcome: Outcome, path: Path, key: str, row: StoredImage | None) -> Outcome:
+        """Put the file in S3 unless the same bytes are already there; the outcome says what happened."""
         uploader = self.opts.uploader
-        assert uploader is not None and record.fields is not None
-        fields = record.fields
-        key = uploader.key_for(relative)
-        sha256, size = fields["sha256"], fields["size"]
-        content_type = fields.get("content_type") or row.get("content_type") or "application/octet-stream"
+        assert uploader is not None and outcome.sha256 is not None and outcome.size is not None
+        sha256, size = outcome.sha256, outcome.size
+        force = self.opts.force and outcome.event == Event.DOWNLOADED
+        recorded = row.s3 if row is not None else None
         try:
-            if not force and row.get("s3_key") == key and row.get("s3_sha256") == sha256:
-                etag = row.get("s3_etag")
-                sent = False
+            if not force and recorded is not None and recorded.key == key and recorded.sha256 == sha256:
+                s3, sent = recorded, False
             else:
-                existing = None if force else uploader.head(key)
-                if existing and existing.get("sha256") == sha256 and existing.get("size") == size:
-                    etag, sent = existing.get("etag"), False
+                found = None if force else uploader.head(key)
+                if found is not None and found.same_bytes(sha256, size):
+                    s3, sent = S3Object(key, found.etag, sha256), False
                 else:
+                    content_type = outcome.content_type or (row.content_type if row else None)
                     etag = uploader.put(
-                        path, key, sha256=sha256, size=size, content_type=content_type, ref=record.ref
+                        path,
+                        key,
+                        sha256=sha256,
+                        size=size,
+                        content_type=content_type or "application/octet-stream",
+                        ref=outcome.ref,
                     )
-                    sent = True
+                    s3, sent = S3Object(key, etag, sha256), True
         except UploadError as exc:
-            fields["status"] = "failed"
-            fields["error"] = f"upload failed: {exc.message}"
-            record.action = "failed" if record.action == "unchanged" else record.action
-            record.extra_actions = ("failed",) if record.action == "downloaded" else ()
-            record.detail = fields["error"]
-            return
-        fields.update({"s3_key": key, "s3_etag": etag, "s3_sha256": sha256})
-        if sent:
-            record.extra_actions = ("uploaded",)
+            return replace(outcome, upload_error=exc.message)
+        outcome = replace(outcome, s3=s3, uploaded=sent)
         if not self.opts.keep_local:
             # Removed after the commit (see _flush): the old row may still name this file until then.
-            record.remove_after += (relative,)
-            fields["local_path"] = None
+            assert outcome.local_path is not None
+            outcome = replace(
+                outcome,
+                remove_after=(*outcome.remove_after, outcome.local_path),
+                local_path=None,
+                clear_local=True,
+            )
+        return outcome
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def _record(self, record: Record) -> None:
+    def _record(self, outcome: Outcome) -> None:
         s = self.summary
         s.requested += 1
-        actions = (record.action, *record.extra_actions)
-        if record.action == "downloaded":
+        if outcome.event == Event.DOWNLOADED:
             s.downloaded += 1
-        elif record.action == "unchanged":
+        elif outcome.event == Event.UNCHANGED and not outcome.failed:
             s.unchanged += 1
-        elif record.action == "missing":
+        elif outcome.event == Event.MISSING:
             s.missing += 1
-        if "uploaded" in actions:
+        if outcome.uploaded:
             s.uploaded += 1
-        if "failed" in actions:
+        if outcome.failed:
             s.failed += 1
-            if len(s.failures) < 100:  # what -q prints on stderr, one line each
-                s.failures.append(f"{record.ref}: {record.detail}")
-            log.warning("%s failed: %s", record.ref, record.detail)
-        self._pending_records.append(record)
-        self.progress(record.action)
+            if len(s.failures) < 100:
+                s.failures.append(f"{outcome.ref}: {outcome.reason}")
+            log.warning("%s failed: %s", outcome.ref, outcome.reason)
+        self._pending.append(outcome)
+        self.progress(str(outcome.event))
 
     def _flush(self, force: bool = False) -> None:
-        if not self._pending_records or self.opts.dry_run:
-            self._pending_records.clear()
+        if not self._pending or self.opts.dry_run:
+            self._pending.clear()
             return
-        if force or len(self._pending_records) >= 500 or time.monotonic() - self._last_flush > 0.5:
-            records, self._pending_records = self._pending_records, []
-            self.store.save(self.summary.run_id, records)
+        if force or len(self._pending) >= 500 or time.monotonic() - self._last_flush > 0.5:
+            outcomes, self._pending = self._pending, []
+            self.store.save(self.summary.run_id, outcomes)
             self._last_flush = time.monotonic()
-            for record in records:  # superseded files go only now that no committed row names them
-                for relative in record.remove_after:
+            for outcome in outcomes:  # superseded files go only now that no committed row names them
+                for relative in outcome.remove_after:
                     path = inside_dest(self.opts.dest, relative)
                     if path is None:
                         log.warning("not removing %r: it is outside the destination folder", relative)
@@ -590,9 +582,9 @@ def missing_for_products(
             continue
         present = {img.image_id for img in listing.images}
         for row in store.rows_of_product(pid):
-            ref = ImageRef(pid, row["image_id"])
-            if row["image_id"] not in present and row["status"] != "missing" and ref not in skip:
-                yield Plan(ref, MISSING, "gone upstream; the backup is kept", None, row)
+            ref = row.ref
+            if row.image_id not in present and row.status != "missing" and ref not in skip:
+                yield Plan(ref, Action.MISSING, "gone upstream; the backup is kept", None, row)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from .download import TEMP_SUFFIX, hash_file, resolve_inside
 from .errors import ImageError, UploadError
-from .models import ImageRef
+from .models import ImageRef, ObjectInfo, S3Object, StoredImage
 from .store import Store
 
 __all__ = ["Difference", "ObjectStore", "VerifyReport", "is_temp_name", "repair", "verify"]
@@ -47,8 +47,8 @@ CORRUPT_OBJECT = "corrupt: S3 object differs"
 class ObjectStore(Protocol):
     """What verify needs of S3 (:class:`imgsync.s3.S3Uploader` has it)."""
 
-    def head(self, key: str) -> dict[str, Any] | None:
-        """``{"sha256", "size", ...}`` of the object, or None when it does not exist."""
+    def head(self, key: str) -> ObjectInfo | None:
+        """What the object holds, or None when it does not exist."""
 
 
 @dataclass(frozen=True)
@@ -149,15 +149,6 @@ def _chosen(seed: str, product_id: int, image_id: int, percent: float) -> bool:
     return int.from_bytes(digest[:8], "big") < percent / 100 * 2**64
 
 
-def _rows(store: Store) -> Iterator[dict[str, Any]]:
-    """Rows that record a backup, streamed (a large store is not loaded at once)."""
-    yield from store.db.query(
-        "select product_id, image_id, local_path, sha256, size, s3_key, s3_sha256 from images "
-        "where sha256 is not null and (local_path is not null or s3_key is not null) "
-        "order by product_id, image_id"
-    )
-
-
 def verify(
     store: Store,
     dest: Path,
@@ -180,24 +171,23 @@ def verify(
     if objects is not None:
         report.s3_recorded = 0
     recorded: set[str] = set()
-    for row in _rows(store):
-        pid, iid = row["product_id"], row["image_id"]
-        local = row["local_path"]
+    for row in store.iter_backups():
+        local = row.local_path
         if local:
             recorded.add(local)
             report.recorded += 1
-        if objects is not None and row["s3_key"]:
+        if objects is not None and row.s3 is not None:
             report.s3_recorded = (report.s3_recorded or 0) + 1
-        if percent is not None and not _chosen(seed, pid, iid, percent):
+        if percent is not None and not _chosen(seed, row.product_id, row.image_id, percent):
             continue
         if local:
-            _check_file(report, dest, row)
+            _check_file(report, dest, row, local)
             if progress is not None:
                 progress(local)
-        if objects is not None and row["s3_key"]:
-            _check_object(report, objects, row)
+        if objects is not None and row.s3 is not None:
+            _check_object(report, objects, row, row.s3)
             if progress is not None:
-                progress(row["s3_key"])
+                progress(row.s3.key)
     _walk(report, dest, recorded)
     return report
 
@@ -220,8 +210,8 @@ def repair(store: Store, report: VerifyReport) -> int:
     return report.repaired
 
 
-def _check_file(report: VerifyReport, dest: Path, row: dict[str, Any]) -> None:
-    pid, iid, relative = row["product_id"], row["image_id"], row["local_path"]
+def _check_file(report: VerifyReport, dest: Path, row: StoredImage, relative: str) -> None:
+    pid, iid = row.product_id, row.image_id
     report.checked += 1
     try:
         path = resolve_inside(dest, relative)
@@ -238,21 +228,21 @@ def _check_file(report: VerifyReport, dest: Path, row: dict[str, Any]) -> None:
     except OSError as exc:
         report.errors.append(Difference(relative, pid, iid, f"cannot read: {exc.strerror or exc}"))
         return
-    if size != row["size"]:
+    if size != row.size:
         report.changed.append(
-            Difference(relative, pid, iid, f"{size} bytes, recorded {row['size']}", CORRUPT_SIZE)
+            Difference(relative, pid, iid, f"{size} bytes, recorded {row.size}", CORRUPT_SIZE)
         )
-    elif sha256 != row["sha256"]:
+    elif sha256 != row.sha256:
         report.changed.append(
-            Difference(relative, pid, iid, f"sha256 {sha256}, recorded {row['sha256']}", CORRUPT_FILE)
+            Difference(relative, pid, iid, f"sha256 {sha256}, recorded {row.sha256}", CORRUPT_FILE)
         )
     else:
         report.ok += 1
 
 
-def _check_object(report: VerifyReport, objects: ObjectStore, row: dict[str, Any]) -> None:
-    pid, iid, key = row["product_id"], row["image_id"], row["s3_key"]
-    expected = row["s3_sha256"] or row["sha256"]
+def _check_object(report: VerifyReport, objects: ObjectStore, row: StoredImage, recorded: S3Object) -> None:
+    pid, iid, key = row.product_id, row.image_id, recorded.key
+    expected = recorded.sha256 or row.sha256
     report.s3_checked += 1
     try:
         found = objects.head(key)
@@ -261,17 +251,17 @@ def _check_object(report: VerifyReport, objects: ObjectStore, row: dict[str, Any
         return
     if found is None:
         report.s3_missing.append(Difference(key, pid, iid, "no such object", MISSING_OBJECT))
-    elif found.get("size") != row["size"]:
+    elif found.size != row.size:
         report.s3_changed.append(
-            Difference(key, pid, iid, f"{found.get('size')} bytes, recorded {row['size']}", CORRUPT_OBJECT)
+            Difference(key, pid, iid, f"{found.size} bytes, recorded {row.size}", CORRUPT_OBJECT)
         )
-    elif found.get("sha256") != expected:
+    elif not found.same_bytes(expected, row.size):
         report.s3_changed.append(
             Difference(
                 key,
                 pid,
                 iid,
-                f"sha256 metadata {found.get('sha256') or 'unset'}, recorded {expected}",
+                f"sha256 metadata {found.sha256 or 'unset'}, recorded {expected}",
                 CORRUPT_OBJECT,
             )
         )

@@ -21,7 +21,7 @@ from click.testing import Result
 from imgsync.emulator import Portal, make_catalog
 from imgsync.emulator.server import Reply, Request
 from imgsync.errors import S3SetupError, UploadError
-from imgsync.models import ImageRef
+from imgsync.models import ImageRef, ObjectInfo
 from imgsync.s3 import LocalS3Server, S3Uploader
 
 from .conftest import Env, all_pairs, invoke, sha256, summary_of
@@ -427,13 +427,9 @@ def test_uploader_head_put_and_verify(s3: LocalS3Server, bucket: str, tmp_path: 
     foreign = s3.client().put_object(
         Bucket=bucket, Key="p/foreign", Body=b"not ours"
     )  # not written by imgsync
-    assert uploader.head("p/foreign") == {
-        "sha256": None,
-        "size": 8,
-        "etag": foreign["ETag"].strip('"'),
-        "content_type": "binary/octet-stream",
-        "metadata": {},
-    }
+    assert uploader.head("p/foreign") == ObjectInfo(
+        sha256=None, size=8, etag=foreign["ETag"].strip('"'), content_type="binary/octet-stream", metadata={}
+    )
     path = tmp_path / "a.png"
     path.write_bytes(b"picture")
     etag = uploader.put(
@@ -444,13 +440,13 @@ def test_uploader_head_put_and_verify(s3: LocalS3Server, bucket: str, tmp_path: 
         content_type="image/png",
         ref=ImageRef(12, 345),
     )
-    assert uploader.head("p/12/345-a.png") == {
-        "sha256": sha256(b"picture"),
-        "size": 7,
-        "etag": etag,
-        "content_type": "image/png",
-        "metadata": {"sha256": sha256(b"picture"), "product-id": "12", "image-id": "345"},
-    }
+    assert uploader.head("p/12/345-a.png") == ObjectInfo(
+        sha256=sha256(b"picture"),
+        size=7,
+        etag=etag,
+        content_type="image/png",
+        metadata={"sha256": sha256(b"picture"), "product-id": "12", "image-id": "345"},
+    )
     with pytest.raises(UploadError, match=r"a.png has 7 bytes, the database says 8$"):
         uploader.put(path, "p/x", sha256="0" * 64, size=8, content_type="image/png", ref=ImageRef(1, 2))
     with pytest.raises(UploadError, match=r"^s3://.*/p/x: cannot read .*: No such file or directory$"):

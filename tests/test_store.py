@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from imgsync.errors import AlreadyRunning
-from imgsync.models import ImageRef
-from imgsync.store import MIGRATIONS, Record, Store, run_lock
+from imgsync.models import Event, ImageRef, Outcome, PortalImage
+from imgsync.store import MIGRATIONS, Store, run_lock
 
 
 def test_blank_database_gets_the_final_schema(tmp_path: Path) -> None:
@@ -64,23 +64,28 @@ def test_save_upserts_and_keeps_first_synced_at(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db") as store:
         run = store.start_run()
         ref = ImageRef(1, 2)
-        store.save(
-            run,
-            [
-                Record(
-                    ref,
-                    "downloaded",
-                    "",
-                    {"name": "a.jpg", "sha256": "aa", "size": 3, "status": "ok", "local_path": "1/2-a.jpg"},
-                )
-            ],
+        image = PortalImage(1, 2, "a.jpg", "MORE_PHOTO", "2024-10-17T10:48:05+02:00", "/upload/a.jpg", "")
+        downloaded = Outcome(
+            ref,
+            Event.DOWNLOADED,
+            "3 bytes",
+            image=image,
+            sha256="aa",
+            size=3,
+            local_path="1/2-a.jpg",
+            changed=True,
         )
+        store.save(run, [downloaded])
         first = store.rows_for([ref])[ref]
-        store.save(run, [Record(ref, "missing", "gone", {"status": "missing", "error": "gone"})])
+        store.db.execute("update images set first_synced_at = '2020-01-01T00:00:00Z'")  # an older first sync
+        store.save(run, [Outcome(ref, Event.MISSING, "gone")])
         row = store.rows_for([ref])[ref]
-        assert row["status"] == "missing" and row["sha256"] == "aa" and row["local_path"] == "1/2-a.jpg"
-        assert row["first_synced_at"] == first["first_synced_at"]
-        assert [e["action"] for e in store.db["events"].rows] == ["downloaded", "missing"]
+        assert row.status == "missing" and row.sha256 == "aa" and row.local_path == "1/2-a.jpg"
+        assert first.first_synced_at is not None and first.last_changed_at is not None
+        store.save(run, [downloaded])  # back: still first synced when it was first
+        row = store.rows_for([ref])[ref]
+        assert row.first_synced_at == "2020-01-01T00:00:00Z" and row.status == "ok"
+        assert [e["action"] for e in store.db["events"].rows] == ["downloaded", "missing", "downloaded"]
 
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
