@@ -13,8 +13,9 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import DownloadFailed, LocalStorageError, TransientError
 from .models import ImageRef
@@ -83,6 +84,34 @@ def resolve_inside(dest: Path, relative: str) -> Path:
     return target
 
 
+def is_temp_name(name: str) -> bool:
+    """A temporary file of a write in progress: ``.<name>.<random>.part``. Final names never start with a dot."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+@contextlib.contextmanager
+def temp_beside(target: Path) -> Iterator[tuple[int, Path]]:
+    """A new temporary file beside ``target`` (the one naming rule :func:`is_temp_name` knows), removed
+    again unless the caller moved it into place."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    tmp = Path(name)
+    try:
+        yield fd, tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write ``target`` whole or not at all: a temporary file beside it, then ``os.replace``."""
+    with temp_beside(target) as (fd, tmp):
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+
+
 def save_stream(
     chunks: Iterable[bytes],
     target: Path,
@@ -102,7 +131,7 @@ def save_stream(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=TEMP_SUFFIX, dir=folder)
     except OSError as exc:
         raise _storage_error(exc, folder) from None
-    tmp = Path(tmp_name)
+    tmp = Path(tmp_name)  # named by the rule of temp_beside; errors here map to storage errors, hence apart
     digest = hashlib.sha256()
     size = 0
     try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import sqlite3
 import sys
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -275,11 +275,6 @@ class PairSet:
         if len(self._pending) >= self.BATCH:
             self._flush()
 
-    def add_many(self, refs: Iterable[ImageRef]) -> None:
-        """Add refs in order; duplicates are dropped."""
-        for ref in refs:
-            self.add(ref)
-
     def _flush(self) -> None:
         if not self._pending:
             return
@@ -322,10 +317,6 @@ class PairSet:
                 yield [ImageRef(p, i) for p, i in rows]
         finally:
             cursor.close()
-
-    def __iter__(self) -> Iterator[ImageRef]:
-        for chunk in self.chunks(500):
-            yield from chunk
 
     def close(self) -> None:
         """Drop the temporary database. Safe to call twice."""

@@ -24,7 +24,6 @@ from urllib.parse import quote
 __all__ = [
     "MASK",
     "RedactingFilter",
-    "install_log_redaction",
     "redact",
     "redact_url",
     "register_secret",
@@ -135,8 +134,7 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts the formatted message, the exception text and the stack of each record.
 
     The message is formatted first (``msg % args``) and then redacted, so a secret passed as an argument is caught
-    too. Attach it to handlers (filters on a logger do not see records propagated from child loggers); see
-    :func:`install_log_redaction`.
+    too. Attach it to handlers (filters on a logger do not see records propagated from child loggers).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -153,24 +151,3 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
-
-
-def install_log_redaction(target: logging.Logger | logging.Handler | None = None) -> RedactingFilter:
-    """Add a :class:`RedactingFilter` to a handler, or to a logger and every handler it has now.
-
-    ``None`` means the root logger. Installing twice on the same object adds no second filter. Returns the filter.
-    """
-    if target is None:
-        target = logging.getLogger()
-    targets: list[logging.Logger | logging.Handler] = [target]
-    if isinstance(target, logging.Logger):
-        targets.extend(target.handlers)
-    installed: RedactingFilter | None = None
-    for item in targets:
-        existing = next((f for f in item.filters if isinstance(f, RedactingFilter)), None)
-        if existing is None:
-            existing = installed or RedactingFilter()
-            item.addFilter(existing)
-        installed = installed or existing
-    assert installed is not None
-    return installed

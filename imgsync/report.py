@@ -20,7 +20,6 @@ import itertools
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from urllib.parse import quote
 import jinja2
 from PIL import Image, UnidentifiedImageError
 
-from .download import resolve_inside
+from .download import atomic_write, resolve_inside
 from .errors import ImgsyncError
 from .models import ImageState, RunStats
 from .store import Store
@@ -164,17 +163,10 @@ def build_report(
 def _write(out: Path, context: dict[str, object]) -> None:
     """Render streaming into a temporary file beside ``out``, then put it in place."""
     template = _environment().get_template("report.html.j2")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            stream = template.stream(context)
-            stream.enable_buffering(256)  # fewer, larger writes than one per template fragment
-            stream.dump(handle, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out) as handle:
+        stream = template.stream(context)
+        stream.enable_buffering(256)  # fewer, larger writes than one per template fragment
+        stream.dump(handle, encoding="utf-8")
 
 
 def _environment() -> jinja2.Environment:
@@ -227,15 +219,8 @@ def make_thumbnail(source: Path, target: Path, size: tuple[int, int] = THUMB_SIZ
                 img = Image.new("RGB", rgba.size, (255, 255, 255))
                 img.paste(rgba, mask=rgba.getchannel("A"))
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    img.save(handle, "JPEG", quality=82)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_write(target) as handle:
+                img.save(handle, "JPEG", quality=82)
     except UnidentifiedImageError:
         return "no preview: not a picture Pillow can read"
     except Image.DecompressionBombError:

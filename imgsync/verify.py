@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .download import TEMP_SUFFIX, hash_file, resolve_inside
+from .download import hash_file, is_temp_name, resolve_inside
 from .errors import ImageError, UploadError
 from .models import ImageRef, ObjectInfo, S3Object, StoredImage
 from .store import Store
@@ -136,11 +136,6 @@ class VerifyReport:
             "repaired": self.repaired,
             "clean": self.clean,
         }
-
-
-def is_temp_name(name: str) -> bool:
-    """A download's temporary file: ``.<name>.<random>.part``. Final names never start with a dot."""
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
 def _chosen(seed: str, product_id: int, image_id: int, percent: float) -> bool:

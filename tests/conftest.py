@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,22 +105,6 @@ def invoke(args: list[str], input: str | bytes | None = None) -> Result:
     """Run the CLI in-process; stdout and stderr kept apart."""
     runner = CliRunner()
     return runner.invoke(cli, args, input=input, catch_exceptions=False)
-
-
-def run_cli(
-    args: list[str], *, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the installed CLI as a real subprocess, as cron would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSYNC_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "imgsync", *args],
-        input=input.decode() if input else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
 
 
 def summary_of(stdout: str) -> dict[str, Any]:

@@ -61,6 +61,10 @@ def test_changed_image_is_downloaded_again(env: Env, portal: Portal) -> None:
     pairs = all_pairs(portal)
     assert invoke(env.args(portal, *pairs)).exit_code == 0
     first = portal.images()[4]
+    con = sqlite3.connect(env.db)
+    con.execute("update images set last_changed_at = '2020-01-01T00:00:00Z'")  # "changed long ago"
+    con.commit()
+    con.close()
     portal.replace_image(first.product_id, first.image_id, content=b"new bytes of a new picture")
     portal.reset_stats()
     result = invoke(env.args(portal, "--json", *pairs))
@@ -68,8 +72,14 @@ def test_changed_image_is_downloaded_again(env: Env, portal: Portal) -> None:
     assert summary_of(result.stdout)["downloaded"] == 1
     assert portal.stats.downloads_served == 1
     backed_up(env, portal)
-    row = next(r for r in env.rows() if r["image_id"] == first.image_id)
-    assert row["last_changed_at"] is not None
+    changed = {r["image_id"]: r["last_changed_at"] for r in env.rows()}
+    assert changed.pop(first.image_id) > "2020-01-01T00:00:00Z"  # this run's time
+    assert set(changed.values()) == {"2020-01-01T00:00:00Z"}  # the others did not change
+    # The same bytes downloaded again (--force) are no change.
+    result = invoke(env.args(portal, "--json", "--force", *pairs))
+    assert result.exit_code == 0 and summary_of(result.stdout)["downloaded"] == 30
+    again = {r["image_id"]: r["last_changed_at"] for r in env.rows()}
+    assert set(again.values()) - {"2020-01-01T00:00:00Z"} == {again[first.image_id]}
 
 
 def test_deleted_image_becomes_missing_and_keeps_its_file(env: Env, portal: Portal) -> None:

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import pytest
 
+from imgsync.download import is_temp_name
 from imgsync.emulator import CatalogImage, Portal, make_catalog
 
 #: Client settings that match the fast test portals: the client's defaults (2 requests/s) would make every test
@@ -349,8 +350,8 @@ def sha256_of(path: Path) -> str:
 
 
 def is_temp(path: Path) -> bool:
-    """A download's temporary file: ``.<name>.<random>.part`` (final names never start with a dot)."""
-    return path.name.startswith(".") and path.name.endswith(".part")
+    """A download's temporary file, by the one rule the program uses."""
+    return is_temp_name(path.name)
 
 
 def final_files(dest: Path) -> dict[str, Path]:
