@@ -19,6 +19,7 @@ import click
 from . import __version__
 from .config import Settings, load_settings
 from .errors import ConfigError, ImgsyncError, InternalError, Interrupted, StateError
+from .models import StopRequest
 from .redact import RedactingFilter, redact
 from .runner import Progress, Request, run_sync
 from .store import Store, lock_held
@@ -108,9 +109,9 @@ def _handle_errors() -> Iterator[None]:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[tuple[threading.Event, list[int]]]:
+def _stop_on_signals() -> Iterator[tuple[StopRequest, list[int]]]:
     """SIGINT and SIGTERM ask the run to stop; a second one stops it at once."""
-    stop = threading.Event()
+    stop = StopRequest()
     received: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
@@ -118,8 +119,7 @@ def _stop_on_signals() -> Iterator[tuple[threading.Event, list[int]]]:
             raise KeyboardInterrupt
         received.append(signum)
         # The run's row records the code the process exits with (143 for SIGTERM, not 130): see Syncer.run.
-        stop.exit_code = 128 + signum  # type: ignore[attr-defined]
-        stop.set()
+        stop.request(128 + signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield stop, received

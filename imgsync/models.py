@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -55,6 +56,16 @@ class PortalImage:
             detail_url=str(data.get("detailUrl") or ""),
             download_url=str(data.get("downloadUrl") or ""),
         )
+
+
+class StopRequest(threading.Event):
+    """A request to stop the run (a signal), carrying the exit code the process will end with."""
+
+    exit_code: int = 130
+
+    def request(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+        self.set()
 
 
 class Action(StrEnum):

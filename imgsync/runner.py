@@ -12,12 +12,15 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, TextIO
+
+import requests
 
 from .bitrix import BATCH_SIZE, Auth, Client, OAuth, WebhookAuth
 from .config import Settings, validate_for_sync
@@ -126,8 +129,17 @@ def run_sync(
     progress: Progress | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     stop: threading.Event | None = None,
+    session: requests.Session | None = None,
+    uploader: Uploader | None = None,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> Summary:
-    """The whole of ``imgsync sync``. Raises :class:`~imgsync.errors.ImgsyncError` subclasses."""
+    """The whole of ``imgsync sync``. Raises :class:`~imgsync.errors.ImgsyncError` subclasses.
+
+    The edges can be passed in (tests and embedders swap them without patching): the HTTP ``session`` to
+    the portal, the S3 ``uploader`` (default: built from the settings), the wall ``clock`` and the
+    ``sleep`` every wait of the client goes through (default: one that a stop request ends).
+    """
     progress = progress or Progress()
     stop = stop or threading.Event()
     validate_for_sync(settings)
@@ -142,7 +154,8 @@ def run_sync(
         if not request.dry_run:
             stack.enter_context(run_lock(settings.db))
         store = stack.enter_context(Store(settings.db, readonly=request.dry_run))
-        uploader = make_uploader(settings)
+        if uploader is None:
+            uploader = make_uploader(settings)
         client = Client(
             make_auth(settings, store),
             rate_limit=settings.rate_limit,
@@ -150,6 +163,9 @@ def run_sync(
             timeout=settings.timeout,
             workers=settings.workers,
             stop=stop,
+            session=session,
+            sleep=sleep,
+            clock=clock or time.time,
         )
         if uploader is not None:
             uploader.check()

@@ -31,7 +31,17 @@ from .errors import (
     Interrupted,
     UploadError,
 )
-from .models import Action, Event, ImageRef, ObjectInfo, Outcome, PortalImage, S3Object, StoredImage
+from .models import (
+    Action,
+    Event,
+    ImageRef,
+    ObjectInfo,
+    Outcome,
+    PortalImage,
+    S3Object,
+    StopRequest,
+    StoredImage,
+)
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -218,14 +228,14 @@ class Syncer:
             self.summary.exit_code = exc.exit_code
             if isinstance(exc, Interrupted):
                 # A stop event set by a signal handler knows the process's exit code (128 + signal).
-                self.summary.exit_code = getattr(self.stop, "exit_code", exc.exit_code)
+                self.summary.exit_code = self._stop_code(exc.exit_code)
             exc.summary = self.summary  # the CLI reports what was done
             raise
         except KeyboardInterrupt:
             # A second Ctrl-C (or SIGTERM) while the first one's stop was under way: still a stop.
             stopped = Interrupted("interrupted")
             self.summary.error = stopped.message
-            self.summary.exit_code = getattr(self.stop, "exit_code", stopped.exit_code)
+            self.summary.exit_code = self._stop_code(stopped.exit_code)
             stopped.summary = self.summary
             raise stopped from None
         except Exception as exc:
@@ -248,6 +258,10 @@ class Syncer:
                     self.summary.error or "",
                 )
         return self.summary
+
+    def _stop_code(self, default: int) -> int:
+        """The exit code a stop request carries (128 + the signal), or ``default``."""
+        return self.stop.exit_code if isinstance(self.stop, StopRequest) else default
 
     def _fetch(self, item: list[ImageRef] | ProductChunk) -> dict[Any, Any]:
         """The network half of a chunk (runs in a worker): one ``batch`` call."""

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from imgsync.config import Settings
 from imgsync.emulator import Faults, Portal, make_catalog
+from imgsync.runner import Request, run_sync
 from imgsync.store import run_lock
 
 from .conftest import Env, all_pairs, file_sha256, invoke, summary_of
@@ -166,10 +168,15 @@ def test_rate_limit_storm_and_truncated_downloads_end_complete(env: Env) -> None
     catalog = make_catalog(products=20, images_per_product=3, min_size=1000, max_size=8000, seed=11)
     with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
         portal.faults = Faults(rate_503=0.3, truncate_rate=0.1, seed=5)
-        result = invoke(env.args(portal, "--json", *all_pairs(portal)))
-        assert result.exit_code == 0, result.stderr
-        assert summary_of(result.stdout)["downloaded"] == 60
+        waits: list[float] = []  # the backoff is asked for, not slept: the sleep is injected
+        settings = Settings(
+            webhook_url=portal.webhook_url, dest=env.dest, db=env.db, rate_limit=1000.0, burst=1000
+        )
+        summary = run_sync(settings, Request(pairs=all_pairs(portal)), sleep=waits.append)
+        assert summary.exit_code == 0 and summary.downloaded == 60
         assert portal.stats.injected["503"] > 0 and portal.stats.injected["truncate"] > 0
+        faults = portal.stats.injected["503"] + portal.stats.injected["truncate"]
+        assert len([w for w in waits if w > 0]) >= faults  # one backoff per fault at least
         backed_up(env, portal)
 
 
