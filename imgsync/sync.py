@@ -59,10 +59,22 @@ class Uploader(Protocol):
     def key_for(self, relative: str) -> str: ...
 
     def head(self, key: str) -> dict[str, Any] | None:
-        """``{"sha256", "size", "etag"}`` of the object, or None when it does not exist."""
+        """``{"sha256", "size", "etag", "fingerprint"}`` of the object, or None when it does not exist.
+        ``fingerprint``: the skip rule's fields the object's metadata records, or None."""
 
-    def put(self, path: Path, key: str, *, sha256: str, size: int, content_type: str, ref: ImageRef) -> str:
-        """Upload; return the ETag. Raises :class:`~imgsync.errors.UploadError`."""
+    def put(
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        size: int,
+        content_type: str,
+        ref: ImageRef,
+        image: PortalImage | None = None,
+    ) -> str:
+        """Upload (with ``image``'s skip-rule fields in the metadata); return the ETag. Raises
+        :class:`~imgsync.errors.UploadError`."""
         ...
 
 
@@ -468,7 +480,7 @@ class Syncer:
         old_path = row.get("local_path")
         record = Record(ref, "downloaded", f"{size} bytes, {plan.reason}", fields)
         if self.opts.uploader is not None:
-            self._ensure_uploaded(record, target, relative, row, force=self.opts.force)
+            self._ensure_uploaded(record, target, relative, row, force=self.opts.force, image=image)
         if old_path and old_path != relative and record.fields and record.fields.get("status") == "ok":
             # The image was replaced under a new name: the new file supersedes the old one, which goes
             # once the new row is committed (see _flush), never while the old row still names it.
@@ -486,13 +498,24 @@ class Syncer:
             plan.reason,
             {"status": "ok", "error": None, "sha256": row["sha256"], "size": row["size"]},
         )
-        self._ensure_uploaded(record, self.opts.dest / relative, relative, row, force=False)
+        self._ensure_uploaded(record, self.opts.dest / relative, relative, row, force=False, image=plan.image)
         return record
 
     def _ensure_uploaded(
-        self, record: Record, path: Path, relative: str, row: dict[str, Any], *, force: bool
+        self,
+        record: Record,
+        path: Path,
+        relative: str,
+        row: dict[str, Any],
+        *,
+        force: bool,
+        image: PortalImage | None = None,
     ) -> None:
-        """Put the file in S3 unless the same bytes are already there; update ``record`` in place."""
+        """Put the file in S3 unless the same bytes are already there; update ``record`` in place.
+
+        An object found in place (no row records it) counts only when its metadata also holds ``image``'s
+        skip-rule fields: one uploaded before imgsync wrote them is sent again, with them, so that
+        ``imgsync rebuild --from-s3`` can restore it."""
         uploader = self.opts.uploader
         assert uploader is not None and record.fields is not None
         fields = record.fields
@@ -505,11 +528,22 @@ class Syncer:
                 sent = False
             else:
                 existing = None if force else uploader.head(key)
-                if existing and existing.get("sha256") == sha256 and existing.get("size") == size:
+                if (
+                    existing
+                    and existing.get("sha256") == sha256
+                    and existing.get("size") == size
+                    and (image is None or existing.get("fingerprint") == image.fingerprint())
+                ):
                     etag, sent = existing.get("etag"), False
                 else:
                     etag = uploader.put(
-                        path, key, sha256=sha256, size=size, content_type=content_type, ref=record.ref
+                        path,
+                        key,
+                        sha256=sha256,
+                        size=size,
+                        content_type=content_type,
+                        ref=record.ref,
+                        image=image,
                     )
                     sent = True
         except UploadError as exc:
