@@ -54,3 +54,25 @@ class PortalImage:
             detail_url=str(data.get("detailUrl") or ""),
             download_url=str(data.get("downloadUrl") or ""),
         )
+
+
+@dataclass(frozen=True)
+class S3Backup:
+    """One image as an S3 object's metadata records it: what ``imgsync rebuild --from-s3`` restores its row from.
+
+    ``last_modified``: the object's LastModified (ISO 8601, UTC); ``local_path``: the file under dest, when it
+    is there with ``size`` bytes.
+    """
+
+    ref: ImageRef
+    name: str
+    type: str
+    create_time: str
+    detail_url: str
+    sha256: str
+    size: int
+    content_type: str | None
+    s3_key: str
+    s3_etag: str
+    last_modified: str
+    local_path: str | None = None
