@@ -509,7 +509,8 @@ def rebuild(
 ) -> None:
     """Rebuild the state database from the S3 bucket's object metadata, after a lost database.
 
-    Exit 0: every object was used; 1: some objects could not be used (listed with reasons).
+    Exit 0 when the listing was read to its end, also when some objects could not be used (they are
+    listed, with reasons, and their images are downloaded again by the next sync).
     """
     from .rebuild import REASONS, printable, rebuild_from_s3
     from .s3 import S3Uploader
@@ -560,7 +561,7 @@ def rebuild(
                     err=True,
                 )
                 sys.exit(code)
-        code = 1 if summary.not_used else 0
+        code = 0
         if as_json:
             click.echo(json.dumps({**summary.as_json(), "exit_code": code}))
             sys.exit(code)
