@@ -11,10 +11,10 @@ its requests, downloads and the PUTs that reached the S3 server are the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+
+import psutil
 
 from imgsync.download import relative_path
 from imgsync.emulator import Portal, make_catalog
@@ -76,15 +78,25 @@ def main(argv: list[str] | None = None) -> int:
         where = ["--db", str(folder / "imgsync.db"), "--dest", str(folder / "images")]
         heads = s3.count("HEAD")
         started = time.monotonic()
-        rebuilt = subprocess.run(
+        # The child's own peak, polled: ru_maxrss of children would count this process (moto's objects)
+        # that the child was forked from.
+        child = subprocess.Popen(
             [*base, "rebuild", "--from-s3", "--json", "--workers", str(args.workers), *where],
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
-            check=True,
         )
+        watched = psutil.Process(child.pid)
+        peak = 0
+        while child.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, watched.memory_info().rss)
+            time.sleep(0.05)
+        out = child.stdout.read() if child.stdout else ""
         rebuild_s = time.monotonic() - started
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        summary = json.loads(rebuilt.stdout)
+        if child.returncode != 0:
+            raise SystemExit(f"rebuild exited {child.returncode}")
+        peak_mib = peak / 2**20
+        summary = json.loads(out)
         heads = s3.count("HEAD") - heads
         lists = sum(1 for m, _, q in s3.requests if m == "GET" and "list-type=2" in q)
 
