@@ -97,10 +97,18 @@ class ObjectInfo:
     etag: str | None
     content_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    #: The skip rule's fields (name, type, createTime, detailUrl) the metadata records, decoded; None if not.
+    fingerprint: tuple[str, str, str, str] | None = None
 
     def same_bytes(self, sha256: str | None, size: int | None) -> bool:
         """Is this object the backup of a file with this sha256 and size? The one answer to that question."""
         return sha256 is not None and self.sha256 == sha256 and self.size == size
+
+    def backs_up(self, sha256: str | None, size: int | None, image: PortalImage | None) -> bool:
+        """The same bytes, and (given the image) the skip rule's fields in its metadata, so that
+        ``imgsync rebuild --from-s3`` can restore the row from it. An object uploaded before imgsync wrote
+        them does not count: it is sent again, with them."""
+        return self.same_bytes(sha256, size) and (image is None or self.fingerprint == image.fingerprint())
 
 
 @dataclass(frozen=True)
@@ -232,3 +240,25 @@ class ImageState:
     s3_key: str | None
     last_checked_at: str | None
     last_changed_at: str | None
+
+
+@dataclass(frozen=True)
+class S3Backup:
+    """One image as an S3 object's metadata records it: what ``imgsync rebuild --from-s3`` restores its row from.
+
+    ``last_modified``: the object's LastModified (ISO 8601, UTC); ``local_path``: the file under dest, when it
+    is there with ``size`` bytes.
+    """
+
+    ref: ImageRef
+    name: str
+    type: str
+    create_time: str
+    detail_url: str
+    sha256: str
+    size: int
+    content_type: str | None
+    s3_key: str
+    s3_etag: str
+    last_modified: str
+    local_path: str | None = None

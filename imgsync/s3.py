@@ -24,12 +24,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import boto3
 from boto3.exceptions import Boto3Error, S3UploadFailedError
@@ -48,13 +50,20 @@ from botocore.exceptions import (
 from s3transfer import exceptions as transfer_errors
 
 from .errors import S3SetupError, UploadError
-from .models import ImageRef, ObjectInfo
+from .models import ImageRef, ObjectInfo, PortalImage
 from .redact import redact, redact_url, register_secret
 
 if TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["LocalS3Server", "S3Uploader"]
+__all__ = [
+    "LocalS3Server",
+    "S3Uploader",
+    "SKIP_METADATA_KEYS",
+    "decode_skip_fields",
+    "encode_skip_fields",
+    "object_metadata",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,69 @@ _TRANSFER_ERRORS = (
     CancelledError,
 )
 _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, ProfileNotFound, CredentialRetrievalError)
+
+
+# --- the skip rule's fields in the object's metadata ------------------------------------------------------------
+
+#: The metadata keys that hold what the skip rule compares, in the order of ``PortalImage.fingerprint()``.
+SKIP_METADATA_KEYS = ("name", "type", "create-time", "detail-url")
+#: S3 refuses a PUT whose user metadata (keys and values) exceeds 2 KiB.
+METADATA_LIMIT = 2048
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def encode_skip_fields(name: str, type: str, create_time: str, detail_url: str) -> dict[str, str]:
+    """The skip rule's fields as S3 user metadata: each percent-encoded UTF-8, since metadata is ASCII."""
+    values = (name, type, create_time, detail_url)
+    return {key: quote(value, safe="") for key, value in zip(SKIP_METADATA_KEYS, values, strict=True)}
+
+
+def decode_skip_fields(metadata: Mapping[str, str]) -> tuple[str, str, str, str] | None:
+    """``(name, type, create_time, detail_url)`` from an object's metadata, or None when it holds none of them
+    (uploaded before imgsync wrote them). Raises :class:`ValueError` when they are there but damaged: some
+    missing, or not the percent-encoded UTF-8 that :func:`encode_skip_fields` writes."""
+    present = [key for key in SKIP_METADATA_KEYS if key in metadata]
+    if not present:
+        return None
+    if len(present) != len(SKIP_METADATA_KEYS):
+        missing = [key for key in SKIP_METADATA_KEYS if key not in metadata]
+        raise ValueError(f"metadata {', '.join(missing)} missing")
+    values = []
+    for key in SKIP_METADATA_KEYS:
+        raw = metadata[key]
+        try:
+            value = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            raise ValueError(f"metadata {key} is not percent-encoded UTF-8") from None
+        if quote(value, safe="") != raw:  # a stray "%", a raw space: not what imgsync writes
+            raise ValueError(f"metadata {key} is not percent-encoded UTF-8")
+        values.append(value)
+    return values[0], values[1], values[2], values[3]
+
+
+def object_metadata(sha256: str, ref: ImageRef, image: PortalImage | None = None) -> dict[str, str]:
+    """The user metadata of an uploaded object: ``sha256``, ``product-id``, ``image-id`` and, with ``image``,
+    the skip rule's fields, so that ``imgsync rebuild --from-s3`` can restore the row.
+
+    Fields too long for S3's 2 KiB limit are left out (the object is then reported by ``rebuild``, not lost).
+    """
+    metadata = {"sha256": sha256, "product-id": str(ref.product_id), "image-id": str(ref.image_id)}
+    if image is not None:
+        skip = encode_skip_fields(*image.fingerprint())
+        size = sum(len(k) + len(v) for k, v in {**metadata, **skip}.items())
+        if size <= METADATA_LIMIT:
+            metadata.update(skip)
+        else:
+            log.warning("%s: name and detailUrl too long for S3 metadata (%d bytes); not stored", ref, size)
+    return metadata
+
+
+def fingerprint_of(metadata: Mapping[str, str]) -> tuple[str, str, str, str] | None:
+    """The skip rule's fields an object records, or None when it records none (or damaged ones)."""
+    try:
+        return decode_skip_fields(metadata)
+    except ValueError:
+        return None
 
 
 def _error_code(exc: ClientError) -> tuple[str, str, int]:
@@ -375,10 +447,56 @@ class S3Uploader:
             etag=_etag(reply.get("ETag")),
             content_type=reply.get("ContentType"),
             metadata=metadata,
+            fingerprint=fingerprint_of(metadata),
         )
 
-    def put(self, path: Path, key: str, *, sha256: str, size: int, content_type: str, ref: ImageRef) -> str:
+    def list_pages(self, page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """The objects under the prefix, a page (``ListObjectsV2``, through boto3's paginator) at a time:
+        ``{"key", "size", "etag", "last_modified"}`` each. Pages are fetched as they are consumed, so a
+        caller that drops each page before the next holds one page in memory, whatever the bucket's size.
+
+        Raises :class:`S3SetupError` when the listing fails (exit 3 when refused).
+        """
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": page_size}
+        )
+        where = f"s3://{self.bucket}/{self.prefix}"
+        try:
+            for page in pages:
+                yield [
+                    {
+                        "key": str(item["Key"]),
+                        "size": item.get("Size"),
+                        "etag": _etag(item.get("ETag")),
+                        "last_modified": item.get("LastModified"),
+                    }
+                    for item in page.get("Contents") or ()
+                ]
+        except ClientError as exc:
+            raise S3SetupError(
+                redact(f"cannot list {where} at {self.where}: {_client_error_text(exc)}"),
+                exit_code=3 if _is_denied(exc) else 2,
+            ) from None
+        except BotoCoreError as exc:
+            raise S3SetupError(
+                redact(f"cannot list {where} at {self.where}: {_boto_text(exc)}"), exit_code=2
+            ) from None
+
+    def put(
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        size: int,
+        content_type: str,
+        ref: ImageRef,
+        image: PortalImage | None = None,
+    ) -> str:
         """Upload ``path`` to ``key``, verify the object (size and sha256 metadata), return its ETag.
+
+        With ``image``, the metadata also holds the skip rule's fields (see :func:`object_metadata`).
 
         Raises :class:`UploadError`; the object may then be absent, or present from an earlier upload.
         """
@@ -389,7 +507,7 @@ class S3Uploader:
         if actual != size:
             raise UploadError(f"{self._url(key)}: {path} has {actual} bytes, the database says {size}")
         extra = {
-            "Metadata": {"sha256": sha256, "product-id": str(ref.product_id), "image-id": str(ref.image_id)},
+            "Metadata": object_metadata(sha256, ref, image),
             "ContentType": content_type or "application/octet-stream",
         }
         try:

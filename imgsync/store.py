@@ -26,7 +26,17 @@ from typing import Any
 import sqlite_utils
 
 from .errors import AlreadyRunning, LocalStorageError, StateError
-from .models import BackupTotals, Event, ImageRef, ImageState, Outcome, RunStats, S3Object, StoredImage
+from .models import (
+    BackupTotals,
+    Event,
+    ImageRef,
+    ImageState,
+    Outcome,
+    RunStats,
+    S3Backup,
+    S3Object,
+    StoredImage,
+)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -495,6 +505,84 @@ class Store:
                 [limit],
             )
             return [ImageState(*row) for row in rows.fetchall()]
+
+    # --- rebuild ---------------------------------------------------------------------------------------
+    # Rows restored from the S3 objects' metadata by imgsync.rebuild, after a lost database.
+
+    def image_count(self) -> int:
+        """How many images the database records (any status)."""
+        with self._lock:
+            return int(self.db.execute("select count(*) from images").fetchone()[0])
+
+    def recorded_objects(self, refs: Sequence[ImageRef]) -> dict[ImageRef, tuple[str, str]]:
+        """``(s3_key, s3_etag)`` of the ``ok`` rows of these images that record an S3 object."""
+        found: dict[ImageRef, tuple[str, str]] = {}
+        unique = list(dict.fromkeys(refs))
+        with self._lock:
+            for start in range(0, len(unique), 200):
+                part = unique[start : start + 200]
+                clause = " or ".join(["(product_id = ? and image_id = ?)"] * len(part))
+                params = [n for ref in part for n in (ref.product_id, ref.image_id)]
+                for row in self.db.execute(
+                    "select product_id, image_id, s3_key, s3_etag from images "
+                    f"where ({clause}) and +status = 'ok' and s3_key is not null",
+                    params,
+                ):
+                    found[ImageRef(row[0], row[1])] = (row[2], row[3] or "")
+        return found
+
+    def upsert_rebuilt(self, backups: Sequence[S3Backup]) -> int:
+        """Write rows for images found in S3, in one transaction; return how many rows were written.
+
+        A row the database already has is replaced only when it records no backup, a failure, or an older
+        version than the object (its ``last_changed_at`` before the object's LastModified): of two objects of
+        one image (renamed on the portal) the newer wins, and a merge keeps what the database knew last.
+        """
+        if not backups:
+            return 0
+        now = utcnow()
+        rows = [
+            (
+                b.ref.product_id,
+                b.ref.image_id,
+                b.name,
+                b.type,
+                b.create_time,
+                b.detail_url,
+                b.sha256,
+                b.size,
+                b.content_type,
+                b.local_path,
+                b.s3_key,
+                b.s3_etag,
+                b.sha256,
+                "ok",
+                None,
+                b.last_modified,
+                now,
+                b.last_modified,
+            )
+            for b in backups
+        ]
+        cols = (
+            "product_id, image_id, name, type, create_time, detail_url, sha256, size, content_type, local_path, "
+            "s3_key, s3_etag, s3_sha256, status, error, first_synced_at, last_checked_at, last_changed_at"
+        )
+        updates = ", ".join(
+            f"{c} = excluded.{c}"
+            for c in cols.replace(" ", "").split(",")
+            if c not in ("product_id", "image_id", "first_synced_at")
+        )
+        with self._writing() as conn:
+            cursor = conn.executemany(
+                f"insert into images ({cols}) values ({', '.join('?' * 18)}) "
+                f"on conflict(product_id, image_id) do update set {updates}, "
+                "first_synced_at = coalesce(images.first_synced_at, excluded.first_synced_at) "
+                "where images.sha256 is null or images.status = 'failed' "
+                "or coalesce(images.last_changed_at, '') < excluded.last_changed_at",
+                rows,
+            )
+            return int(cursor.rowcount)
 
 
 _REPLACING = "a newer version was being downloaded when the run stopped"

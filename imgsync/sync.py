@@ -62,8 +62,19 @@ class Uploader(Protocol):
     def head(self, key: str) -> ObjectInfo | None:
         """What the object is (its sha256 metadata, size, ETag), or None when it does not exist."""
 
-    def put(self, path: Path, key: str, *, sha256: str, size: int, content_type: str, ref: ImageRef) -> str:
-        """Upload; return the ETag. Raises :class:`~imgsync.errors.UploadError`."""
+    def put(
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        size: int,
+        content_type: str,
+        ref: ImageRef,
+        image: PortalImage | None = None,
+    ) -> str:
+        """Upload (with ``image``'s skip-rule fields in the metadata); return the ETag. Raises
+        :class:`~imgsync.errors.UploadError`."""
         ...
 
 
@@ -460,7 +471,9 @@ class Syncer:
         )
         if self.opts.uploader is not None:
             key = self.opts.uploader.key_for(relative)
-            outcome = self._ensure_uploaded(outcome, resolve_inside(self.opts.dest, relative), key, row)
+            outcome = self._ensure_uploaded(
+                outcome, resolve_inside(self.opts.dest, relative), key, row, image
+            )
         if row is not None and row.local_path and row.local_path != relative and not outcome.failed:
             # Replaced under a new name: the new file supersedes the old one, which goes once the new row
             # is committed (see _flush), never while the old row still names it.
@@ -482,10 +495,15 @@ class Syncer:
             size=row.size,
             local_path=row.local_path,
         )
-        return self._ensure_uploaded(outcome, path, plan.s3_key, row)
+        return self._ensure_uploaded(outcome, path, plan.s3_key, row, plan.image)
 
-    def _ensure_uploaded(self, outcome: Outcome, path: Path, key: str, row: StoredImage | None) -> Outcome:
-        """Put the file in S3 unless the same bytes are already there; the outcome says what happened."""
+    def _ensure_uploaded(
+        self, outcome: Outcome, path: Path, key: str, row: StoredImage | None, image: PortalImage | None
+    ) -> Outcome:
+        """Put the file in S3 unless the same bytes are already there; the outcome says what happened.
+
+        An object found in place that no row records counts only when its metadata also holds ``image``'s
+        skip-rule fields (see :meth:`ObjectInfo.backs_up`)."""
         uploader = self.opts.uploader
         assert uploader is not None and outcome.sha256 is not None and outcome.size is not None
         sha256, size = outcome.sha256, outcome.size
@@ -496,7 +514,7 @@ class Syncer:
                 s3, sent = recorded, False
             else:
                 found = None if force else uploader.head(key)
-                if found is not None and found.same_bytes(sha256, size):
+                if found is not None and found.backs_up(sha256, size, image):
                     s3, sent = S3Object(key, found.etag, sha256), False
                 else:
                     content_type = outcome.content_type or (row.content_type if row else None)
@@ -507,6 +525,7 @@ class Syncer:
                         size=size,
                         content_type=content_type or "application/octet-stream",
                         ref=outcome.ref,
+                        image=image,
                     )
                     s3, sent = S3Object(key, etag, sha256), True
         except UploadError as exc:

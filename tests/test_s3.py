@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -21,8 +22,8 @@ from click.testing import Result
 from imgsync.emulator import Portal, make_catalog
 from imgsync.emulator.server import Reply, Request
 from imgsync.errors import S3SetupError, UploadError
-from imgsync.models import ImageRef, ObjectInfo
-from imgsync.s3 import LocalS3Server, S3Uploader
+from imgsync.models import ImageRef, ObjectInfo, PortalImage
+from imgsync.s3 import LocalS3Server, S3Uploader, decode_skip_fields, encode_skip_fields, object_metadata
 
 from .conftest import Env, all_pairs, invoke, sha256, summary_of
 
@@ -85,6 +86,11 @@ def in_s3(env: Env, server: LocalS3Server, bucket: str, portal: Portal, prefix: 
             "sha256": img.sha256,
             "product-id": str(img.product_id),
             "image-id": str(img.image_id),
+            # what the skip rule compares, for `imgsync rebuild --from-s3`
+            "name": quote(img.name, safe=""),
+            "type": img.type,
+            "create-time": quote(img.create_time, safe=""),
+            "detail-url": quote(img.detail_url, safe=""),
         }
         assert obj["content_type"] == img.content_type
         row = rows[(img.product_id, img.image_id)]
@@ -428,7 +434,12 @@ def test_uploader_head_put_and_verify(s3: LocalS3Server, bucket: str, tmp_path: 
         Bucket=bucket, Key="p/foreign", Body=b"not ours"
     )  # not written by imgsync
     assert uploader.head("p/foreign") == ObjectInfo(
-        sha256=None, size=8, etag=foreign["ETag"].strip('"'), content_type="binary/octet-stream", metadata={}
+        sha256=None,
+        size=8,
+        etag=foreign["ETag"].strip('"'),
+        content_type="binary/octet-stream",
+        metadata={},
+        fingerprint=None,
     )
     path = tmp_path / "a.png"
     path.write_bytes(b"picture")
@@ -446,6 +457,7 @@ def test_uploader_head_put_and_verify(s3: LocalS3Server, bucket: str, tmp_path: 
         etag=etag,
         content_type="image/png",
         metadata={"sha256": sha256(b"picture"), "product-id": "12", "image-id": "345"},
+        fingerprint=None,  # put without the image: no skip-rule fields
     )
     with pytest.raises(UploadError, match=r"a.png has 7 bytes, the database says 8$"):
         uploader.put(path, "p/x", sha256="0" * 64, size=8, content_type="image/png", ref=ImageRef(1, 2))
@@ -485,3 +497,85 @@ def test_demo_with_s3_runs_offline_twice(tmp_path: Path, monkeypatch: pytest.Mon
     assert "downloaded 6," in first and "uploaded 6," in first
     assert "downloaded 0," in second and "uploaded 0," in second
     assert "S3:       bucket imgsync-demo" in result.stdout
+
+
+# --- the skip rule's fields in the metadata ---------------------------------------------------------------------
+
+AWKWARD = [
+    ("café crème.jpg", "MORE_PHOTO", "2024-10-17T10:48:05+02:00", "/upload/iblock/1a2/x/café crème.jpg"),
+    ("🍕 pizza 🍕.png", "DETAIL_PICTURE", "", "/upload/🍕.png"),
+    ('it\'s a "quote" & more.jpg', "t y p e", "2024-01-01T00:00:00+00:00", "/a?b=c&d=%41#frag"),
+    ("100% cotton.jpg", "%", "%41", "%%"),
+    ("", "", "", ""),
+]
+
+
+@pytest.mark.parametrize("fields", AWKWARD)
+def test_skip_fields_round_trip_through_ascii_metadata(fields: tuple[str, str, str, str]) -> None:
+    encoded = encode_skip_fields(*fields)
+    assert set(encoded) == {"name", "type", "create-time", "detail-url"}
+    for value in encoded.values():
+        assert value.isascii() and " " not in value and '"' not in value
+        value.encode("latin-1")  # what an HTTP header can carry
+    assert decode_skip_fields(encoded) == fields
+
+
+def test_skip_fields_are_percent_encoded_utf8() -> None:
+    assert encode_skip_fields("é 1%.jpg", "A", "B", "/c d")["name"] == "%C3%A9%201%25.jpg"
+    assert decode_skip_fields({"sha256": "x"}) is None  # an object uploaded before they were written
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"name": "a", "type": "b", "create-time": "c"}, "detail-url missing"),
+        ({"name": "%C3", "type": "b", "create-time": "c", "detail-url": "d"}, "name is not percent-encoded"),
+        ({"name": "a", "type": "b", "create-time": "c", "detail-url": "50%"}, "detail-url is not percent"),
+        ({"name": "a b", "type": "b", "create-time": "c", "detail-url": "d"}, "name is not percent-encoded"),
+    ],
+)
+def test_damaged_skip_fields_are_an_error_not_a_guess(metadata: dict[str, str], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        decode_skip_fields(metadata)
+
+
+def test_skip_fields_too_long_for_s3_are_left_out() -> None:
+    image = PortalImage(1, 2, "é" * 400 + ".jpg", "MORE_PHOTO", "t", "/u/" + "é" * 400, "")
+    metadata = object_metadata("0" * 64, ImageRef(1, 2), image)
+    assert metadata == {"sha256": "0" * 64, "product-id": "1", "image-id": "2"}
+
+
+def test_awkward_names_reach_s3_and_come_back(s3: LocalS3Server, bucket: str, tmp_path: Path) -> None:
+    uploader = S3Uploader(bucket, "", s3.endpoint_url)
+    path = tmp_path / "f"
+    path.write_bytes(b"bytes")
+    for n, fields in enumerate(AWKWARD, 1):
+        image = PortalImage(7, n, *fields, download_url="")
+        uploader.put(
+            path,
+            f"7/{n}",
+            sha256=sha256(b"bytes"),
+            size=5,
+            content_type="image/jpeg",
+            ref=image.ref,
+            image=image,
+        )
+        found = uploader.head(f"7/{n}")
+        assert found is not None and found.fingerprint == fields
+
+
+def test_object_without_skip_fields_is_sent_again_with_them_when_the_database_is_lost(
+    env: Env, portal: Portal, s3: LocalS3Server, bucket: str, tmp_path: Path
+) -> None:
+    # An object as imgsync uploaded it before the skip-rule fields were written: same bytes, old metadata.
+    img = portal.images()[0]
+    client = s3.client()
+    legacy = {"sha256": img.sha256, "product-id": str(img.product_id), "image-id": str(img.image_id)}
+    client.put_object(Bucket=bucket, Key=key_of(img), Body=img.content, Metadata=legacy)
+    puts = s3.count("PUT", bucket)
+
+    result = invoke(env.args(portal, *s3_args(s3, bucket, "--json", f"{img.product_id}:{img.image_id}")))
+    assert result.exit_code == 0, result.stderr
+    assert summary_of(result.stdout)["uploaded"] == 1
+    assert s3.count("PUT", bucket) == puts + 1
+    assert objects(s3, bucket)[key_of(img)]["metadata"]["name"] == quote(img.name, safe="")
