@@ -28,8 +28,9 @@ import psutil
 from imgsync.download import relative_path
 from imgsync.emulator import Portal, make_catalog
 from imgsync.emulator.catalog import CatalogImage
+from imgsync.emulator.s3 import LocalS3Server
 from imgsync.models import ImageRef, PortalImage
-from imgsync.s3 import LocalS3Server, object_metadata
+from imgsync.s3 import object_metadata
 
 
 def main(argv: list[str] | None = None) -> int:

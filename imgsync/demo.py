@@ -7,6 +7,7 @@ nothing changed; the folder then holds the files, the database and an HTML repor
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from collections.abc import Callable
@@ -85,10 +86,13 @@ def run_demo(
     with Portal(catalog, rate_limit=50.0, burst=100) as portal:
         settings = Settings(webhook_url=portal.webhook_url, dest=folder / "images", db=folder / "imgsync.db")
         if with_s3:
-            from .s3 import LocalS3Server
+            from .emulator.s3 import LocalS3Server
 
             s3_server = LocalS3Server().start()
-            settings = s3_server.settings_for(settings, bucket="imgsync-demo")
+            s3_server.create_bucket("imgsync-demo")
+            settings = dataclasses.replace(
+                settings, s3_enabled=True, s3_bucket="imgsync-demo", s3_endpoint_url=s3_server.endpoint_url
+            )
         try:
             echo(f"demo portal: {portal.url} ({len(catalog)} images in {products} products)")
             first = run_sync(settings, Request(pairs=pairs))

@@ -25,9 +25,10 @@ import pytest
 
 from imgsync.download import safe_name
 from imgsync.emulator import Portal, make_catalog
+from imgsync.emulator.s3 import LocalS3Server
 from imgsync.models import ObjectInfo
 from imgsync.rebuild import rebuild_from_s3
-from imgsync.s3 import LocalS3Server, S3Uploader, encode_skip_fields
+from imgsync.s3 import S3Uploader, encode_skip_fields
 from imgsync.store import Store
 
 from .conftest import Env, all_pairs, invoke, summary_of

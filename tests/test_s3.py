@@ -20,10 +20,11 @@ import pytest
 from click.testing import Result
 
 from imgsync.emulator import Portal, make_catalog
+from imgsync.emulator.s3 import LocalS3Server
 from imgsync.emulator.server import Reply, Request
 from imgsync.errors import S3SetupError, UploadError
 from imgsync.models import ImageRef, ObjectInfo, PortalImage
-from imgsync.s3 import LocalS3Server, S3Uploader, decode_skip_fields, encode_skip_fields, object_metadata
+from imgsync.s3 import S3Uploader, decode_skip_fields, encode_skip_fields, object_metadata
 
 from .conftest import Env, all_pairs, invoke, sha256, summary_of
 

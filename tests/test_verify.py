@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from imgsync.emulator import Portal
-from imgsync.s3 import LocalS3Server
+from imgsync.emulator.s3 import LocalS3Server
 from imgsync.store import Store, run_lock
 from imgsync.verify import VerifyReport, verify
 

@@ -106,31 +106,15 @@ def _listify(node: dict[str, Any]) -> Any:
     return node
 
 
-class PortalServer(ThreadingHTTPServer):
-    """A threaded HTTP server on 127.0.0.1 that tracks its open connections so ``stop`` can cut them."""
+class ConnectionTracker:
+    """The open connections of a server, so that stopping it cuts them too: a kept-alive client would
+    otherwise keep talking to a server that has stopped listening. Shared by the portal and the S3 server."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
-    def __init__(self, port: int, app: Callable[[Request], Reply]) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         #: Set by :meth:`close_connections`: stalled replies stop waiting and drop their connection.
         self.stopping = threading.Event()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a DNS lookup that can stall for seconds.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients vanish mid-request all the time in tests; app errors are caught and recorded by the app.
-        pass
 
     def track(self, conn: socket.socket, alive: bool) -> None:
         with self._conns_lock:
@@ -147,6 +131,30 @@ class PortalServer(ThreadingHTTPServer):
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+
+
+class PortalServer(ConnectionTracker, ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1 that tracks its open connections so ``stop`` can cut them."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, port: int, app: Callable[[Request], Reply]) -> None:
+        self.app = app
+        ConnectionTracker.__init__(self)
+        ThreadingHTTPServer.__init__(self, ("127.0.0.1", port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a DNS lookup that can stall for seconds.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients vanish mid-request all the time in tests; app errors are caught and recorded by the app.
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
