@@ -539,13 +539,17 @@ def _echo_failures(summary: Summary) -> None:
 @click.option(
     "--runs", "n_runs", type=click.IntRange(1, 1000), default=5, help="How many recent runs to show."
 )
+@click.option("--failed", "failed_only", is_flag=True, help="Each failed image, with its reason and when.")
 @click.pass_context
-def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> None:
-    """Summarise the state database: counts by status, the last runs."""
+def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, failed_only: bool) -> None:
+    """Summarise the state database: counts by status, the last runs (--failed: each failed image)."""
     with _handle_errors():
         settings = _settings(ctx, db=db)
         if not settings.db.exists():
             raise StateError(f"{settings.db}: no state database yet (run 'imgsync sync' first)")
+        if failed_only:
+            _status_failed(settings.db, as_json)
+            return
         running = lock_held(settings.db)
         with Store(settings.db, readonly=True) as store:
             counts = store.counts_by_status()
@@ -586,6 +590,26 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
                 )
 
 
+def _status_failed(db: Path, as_json: bool) -> None:
+    """``status --failed``: one line (or one JSON object in a streamed array) per failed image."""
+    n = 0
+    with Store(db, readonly=True) as store:
+        if as_json:
+            click.echo(f'{{"db": {json.dumps(str(db))}, "failed": [', nl=False)
+        for n, row in enumerate(store.iter_failed(), start=1):
+            if as_json:
+                click.echo(
+                    ("" if n == 1 else ", ") + json.dumps({**row, "reason": redact(row["reason"])}), nl=False
+                )
+            else:
+                ref = ImageRef(row["product_id"], row["image_id"])
+                click.echo(f"{str(ref):<15} {row['at'] or '-':<20}  {redact(row['reason'])}")
+    if as_json:
+        click.echo(f'], "count": {n}}}')
+    else:
+        click.echo(f"{n} failed image{'' if n == 1 else 's'}")
+
+
 def _run_outcome(run: dict[str, Any], running: bool) -> str:
     """``exit 0``, ``running`` (its lock is held), or ``crashed`` (it ended without recording its end)."""
     if run.get("state") == "running":
@@ -593,6 +617,45 @@ def _run_outcome(run: dict[str, Any], running: bool) -> str:
     if run.get("state") == "crashed":
         return "crashed"
     return f"exit {run['exit_code'] if run['exit_code'] is not None else '-'}"
+
+
+@cli.command()
+@config_option
+@click.option("--webhook", default=None, metavar="URL", help="Incoming webhook URL.")
+@click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the files go to.")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
+@click.option("--s3/--no-s3", "s3", default=None, help="Check S3 too (default: s3.enabled).")
+@click.option("--s3-bucket", default=None)
+@click.option("--s3-prefix", default=None)
+@click.option("--s3-endpoint-url", default=None, help="For MinIO, Ceph, R2, ...")
+@click.pass_context
+def check(
+    ctx: click.Context,
+    webhook: str | None,
+    dest: str | None,
+    db: str | None,
+    s3: bool | None,
+    s3_bucket: str | None,
+    s3_prefix: str | None,
+    s3_endpoint_url: str | None,
+) -> None:
+    """A quick look at the setup, in seconds: the portal answers these credentials with the catalog scope,
+    dest and the database are writable, the S3 bucket is reachable and writable. Exit codes as for sync."""
+    from .check import exit_code, run_checks
+
+    with _handle_errors():
+        settings = _settings(
+            ctx,
+            webhook_url=webhook,
+            dest=dest,
+            db=db,
+            s3_enabled=s3,
+            s3_bucket=s3_bucket,
+            s3_prefix=s3_prefix,
+            s3_endpoint_url=s3_endpoint_url,
+        )
+        checks = run_checks(settings, on_check=lambda c: click.echo(c.line()))
+        sys.exit(exit_code(checks))
 
 
 @cli.command()
