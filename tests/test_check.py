@@ -162,3 +162,13 @@ def test_check_leaves_no_probe_files(env: Env, portal: Portal, tmp_path: Path, m
     check(env, portal)
     assert sorted(p.name for p in env.db.parent.iterdir() if not p.name.startswith("imgsync.db")) == []
     assert list(env.dest.iterdir()) == []
+
+
+def test_a_user_denied_the_catalog_is_exit_3(env: Env, portal: Portal) -> None:
+    portal.deny_product(1)  # what a webhook of a user who is not an administrator gets
+    result, _ = check(env, portal)
+    assert result.exit_code == 3
+    assert lines(result)[2] == (
+        f"FAIL  portal: {portal.url.split('://')[1].rstrip('/')}: catalog.productImage.list was refused: the "
+        "webhook's user must be an administrator (access denied to this product (200040300010: Access Denied))"
+    )
