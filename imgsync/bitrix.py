@@ -490,6 +490,8 @@ class Client:
         self._relocations = 0
         self.requests_sent = 0
         self.retries = 0
+        self.answers_503 = 0  # HTTP 503 (QUERY_LIMIT_EXCEEDED, a proxy's 503) and 429 (OPERATION_TIME_LIMIT)
+        self.answers_429 = 0  # answers seen, for the summary and the metrics
         self._count_lock = threading.Lock()
         if isinstance(auth, OAuth):
             auth.sleep = self._sleep  # a renewal's retries stop with the run too
@@ -541,6 +543,10 @@ class Client:
         except requests.RequestException as exc:
             raise _translate(exc, url, reached=self._reached) from None
         self._reached = True
+        if resp.status_code in (503, 429):
+            with self._count_lock:
+                self.answers_503 += resp.status_code == 503
+                self.answers_429 += resp.status_code == 429
         return resp
 
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

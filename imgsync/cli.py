@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import click
 from . import __version__
 from .config import Settings, load_settings
 from .errors import ConfigError, ImgsyncError, InternalError, Interrupted, StateError
-from .models import StopRequest
+from .models import ImageRef, StopRequest
 from .redact import RedactingFilter, redact
 from .runner import Progress, Request, run_sync
 from .store import Store, lock_held
@@ -67,11 +68,18 @@ class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignor
             self.handleError(record)
 
 
+#: The level of the stderr handler (the root logger's may be lower, for a log file).
+_stderr_level = logging.WARNING
+
+
 def _setup_logging(verbose: int, quiet: bool, progress: bool = False) -> None:
+    global _stderr_level
     level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler: logging.Handler = _TqdmHandler() if progress else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("imgsync: %(levelname)s: %(message)s"))
     handler.addFilter(RedactingFilter())
+    handler.setLevel(level)
+    _stderr_level = level
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -80,6 +88,63 @@ def _setup_logging(verbose: int, quiet: bool, progress: bool = False) -> None:
     # Third-party chatter (urllib3 URLs carry secrets; redaction covers them, but they are noise).
     for name in ("urllib3", "botocore", "boto3", "s3transfer"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+# --- log file (--log-file, [sync] log_file) ---
+
+
+def _open_log_file(path: Path) -> logging.Handler:
+    """Append INFO and above, timestamped and redacted, to ``path`` (the stderr handler keeps its level)."""
+    try:
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the log file {path} (--log-file, sync.log_file, IMGSYNC_SYNC_LOG_FILE): "
+            f"{exc.strerror or exc}"
+        ) from None
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s imgsync[%(process)d]: %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"
+        )
+    )
+    handler.addFilter(RedactingFilter())
+    level = min(_stderr_level, logging.INFO)
+    handler.setLevel(level)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level, level))
+    return handler
+
+
+def _to_log_file(handler: logging.Handler | None, level: int, message: str) -> None:
+    """A line for the log file alone (what the CLI prints itself, such as the fatal error and the summary)."""
+    if handler is not None:
+        handler.handle(log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None))
+
+
+def _close_log_file(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+# --- metrics file (--metrics-file, [metrics] textfile) ---
+
+
+def _write_metrics(settings: Settings, outcome: dict[str, Any], started: float, finished: float) -> None:
+    from .metrics import write_metrics
+
+    assert settings.metrics_file is not None
+    counts: dict[str, int] = {}
+    try:
+        with Store(settings.db, readonly=True) as store:
+            counts = store.counts_by_status()
+    except ImgsyncError as exc:
+        log.warning("the metrics file has no image counts: %s", exc.message)
+    try:
+        write_metrics(settings.metrics_file, outcome, counts, started_at=started, finished_at=finished)
+    except OSError as exc:
+        log.warning("cannot write the metrics file %s: %s", settings.metrics_file, exc.strerror or exc)
 
 
 def _fail(exc: ImgsyncError) -> None:
@@ -205,6 +270,38 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 )
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="Parallel downloads (default 4).")
 @click.option(
+    "--rate-limit", default=None, metavar="N", help="Requests per second (bitrix24.rate_limit; default 2)."
+)
+@click.option("--burst", default=None, metavar="N", help="Leaky-bucket size (bitrix24.burst; default 50).")
+@click.option(
+    "--timeout", default=None, metavar="SECONDS", help="Per HTTP request (bitrix24.timeout; default 30)."
+)
+@click.option(
+    "--max-duration",
+    default=None,
+    metavar="TIME",
+    help="Stop taking new work after this long: 90m, 6h, 1h30m.",
+)
+@click.option("--max-downloads", default=None, metavar="N", help="Start at most N downloads.")
+@click.option(
+    "--max-bytes",
+    default=None,
+    metavar="SIZE",
+    help="Stop starting downloads after this much: 20G, 512M (K/M/G/T are powers of 1024) or bytes.",
+)
+@click.option(
+    "--log-file",
+    default=None,
+    metavar="PATH",
+    help="Append log lines (INFO, timestamped) and a progress line a minute to this file.",
+)
+@click.option(
+    "--metrics-file",
+    default=None,
+    metavar="PATH",
+    help="Write Prometheus metrics there at the end of the run (node_exporter textfile collector).",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout at the end.")
@@ -230,6 +327,14 @@ def sync(
     force: bool,
     dry_run: bool,
     workers: int | None,
+    rate_limit: str | None,
+    burst: str | None,
+    timeout: str | None,
+    max_duration: str | None,
+    max_downloads: str | None,
+    max_bytes: str | None,
+    log_file: str | None,
+    metrics_file: str | None,
     progress: bool | None,
     as_json: bool,
     more_verbose: int,
@@ -248,50 +353,102 @@ def sync(
     _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"], progress=show_bar)
     bar = _TqdmProgress(show_bar)
     summary: Summary | None = None
+    started = time.time()
+    settings: Settings | None = None
+    outcome: dict[str, Any] | None = None  # the run's JSON summary: for --json and the metrics file
+    log_file_handler: logging.Handler | None = None
+    ticker: Any = None
     with _handle_errors():
-        settings = _settings(
-            ctx,
-            webhook_url=webhook,
-            dest=dest,
-            db=db,
-            s3_enabled=s3,
-            s3_bucket=s3_bucket,
-            s3_prefix=s3_prefix,
-            s3_endpoint_url=s3_endpoint_url,
-            workers=workers,
-        )
-        request = Request(
-            pairs=pairs,
-            csv_paths=csv_paths,
-            products=products,
-            force=force,
-            dry_run=dry_run,
-            stdin=sys.stdin.buffer,
-        )
-        on_plan = _plan_printer() if dry_run and not as_json else None
-        with _stop_on_signals() as (stop, received):
+        try:
             try:
-                try:
-                    summary = run_sync(settings, request, progress=bar, on_plan=on_plan, stop=stop)
-                except KeyboardInterrupt:
-                    # A second signal outside the pipeline (it turns them into Interrupted itself).
-                    raise Interrupted("interrupted") from None
-            except Interrupted as exc:
-                summary = getattr(exc, "summary", None)
-                code = 128 + received[0] if received else exc.exit_code
-                _finish(summary, as_json, dry_run, ctx.obj["quiet"], bar, error=exc.message, code=code)
-                click.echo(
-                    f"imgsync: stopped: {exc.message}; what finished is recorded, run again to continue",
-                    err=True,
+                settings = _settings(
+                    ctx,
+                    webhook_url=webhook,
+                    dest=dest,
+                    db=db,
+                    s3_enabled=s3,
+                    s3_bucket=s3_bucket,
+                    s3_prefix=s3_prefix,
+                    s3_endpoint_url=s3_endpoint_url,
+                    workers=workers,
+                    rate_limit=rate_limit,
+                    burst=burst,
+                    timeout=timeout,
+                    max_duration_s=max_duration,
+                    max_downloads=max_downloads,
+                    max_bytes=max_bytes,
+                    log_file=log_file,
+                    metrics_file=metrics_file,
                 )
-                sys.exit(code)
+                if settings.log_file is not None:
+                    log_file_handler = _open_log_file(settings.log_file)
             except ImgsyncError as exc:
-                # Only the JSON summary (for cron); the error itself is printed once, by _handle_errors.
-                partial = getattr(exc, "summary", None)
-                _finish(partial, as_json, dry_run, True, bar, error=exc.message, code=exc.exit_code)
+                outcome = _finish(None, as_json, dry_run, True, bar, error=exc.message, code=exc.exit_code)
                 raise
-        _finish(summary, as_json, dry_run, ctx.obj["quiet"], bar)
-        sys.exit(summary.exit_code)
+            run_progress: Progress = bar
+            if log_file_handler is not None or not sys.stderr.isatty():
+                from .progress import Fanout, LogProgress
+
+                ticker = LogProgress().start()
+                run_progress = Fanout(bar, ticker)
+            _to_log_file(log_file_handler, logging.INFO, f"sync started (imgsync {__version__})")
+            request = Request(
+                pairs=pairs,
+                csv_paths=csv_paths,
+                products=products,
+                force=force,
+                dry_run=dry_run,
+                stdin=sys.stdin.buffer,
+            )
+            on_plan = _plan_printer() if dry_run and not as_json else None
+            with _stop_on_signals() as (stop, received):
+                try:
+                    try:
+                        summary = run_sync(
+                            settings, request, progress=run_progress, on_plan=on_plan, stop=stop
+                        )
+                    except KeyboardInterrupt:
+                        # A second signal outside the pipeline (it turns them into Interrupted itself).
+                        raise Interrupted("interrupted") from None
+                except Interrupted as exc:
+                    summary = getattr(exc, "summary", None)
+                    code = 128 + received[0] if received else exc.exit_code
+                    outcome = _finish(
+                        summary, as_json, dry_run, ctx.obj["quiet"], bar, error=exc.message, code=code
+                    )
+                    click.echo(
+                        f"imgsync: stopped: {exc.message}; what finished is recorded, run again to continue",
+                        err=True,
+                    )
+                    sys.exit(code)
+                except ImgsyncError as exc:
+                    # Only the JSON summary (for cron); the error itself is printed once, by _handle_errors.
+                    partial = getattr(exc, "summary", None)
+                    outcome = _finish(
+                        partial, as_json, dry_run, True, bar, error=exc.message, code=exc.exit_code
+                    )
+                    raise
+            outcome = _finish(summary, as_json, dry_run, ctx.obj["quiet"], bar)
+            sys.exit(summary.exit_code)
+        except Exception as exc:
+            if outcome is None:  # a defect of ours outside the pipeline: still a summary for the metrics
+                code = exc.exit_code if isinstance(exc, ImgsyncError) else InternalError.exit_code
+                outcome = _summary_json(None, dry_run, error=f"internal error: {exc!r}", code=code)
+            raise
+        finally:
+            if ticker is not None:
+                ticker.close()
+            if outcome is not None:
+                _to_log_file(
+                    log_file_handler,
+                    logging.ERROR if outcome["error"] else logging.INFO,
+                    f"sync finished: exit {outcome['exit_code']}"
+                    + (f": {outcome['error']}" if outcome["error"] else "")
+                    + f"; {_counts_line(outcome)}",
+                )
+                if settings is not None and settings.metrics_file is not None and not dry_run:
+                    _write_metrics(settings, outcome, started, time.time())
+            _close_log_file(log_file_handler)
 
 
 def _plan_printer() -> Callable[[Plan], None]:
@@ -311,24 +468,18 @@ def _finish(
     *,
     error: str | None = None,
     code: int | None = None,
-) -> None:
+) -> dict[str, Any]:
+    """Print the summary (JSON or a line on stderr); return its JSON object, printed or not."""
     bar.close()
-    if summary is None:
-        return
-    if not dry_run and not log.isEnabledFor(logging.WARNING):
-        _echo_failures(summary)  # -q hid the per-image warnings: cron must still mail each failed image
+    data = _summary_json(summary, dry_run, error=error, code=code)
     if as_json:
-        data = summary.as_json()
-        if dry_run:
-            data["dry_run"] = True
-        if error:
-            data["error"] = redact(error)
-        if code is not None:
-            data["exit_code"] = code
         click.echo(json.dumps(data))
-        return
-    if quiet:
-        return
+    if summary is None:
+        return data
+    if not dry_run and _stderr_level > logging.WARNING:
+        _echo_failures(summary)  # -q hid the per-image warnings: cron must still mail each failed image
+    if as_json or quiet:
+        return data
     verb = "would download" if dry_run else "downloaded"
     click.echo(
         f"{summary.requested} requested: {verb} {summary.downloaded}, unchanged {summary.unchanged}, "
@@ -336,14 +487,46 @@ def _finish(
         f"in {summary.duration_s:.1f} s" + (f" (run {summary.run_id})" if summary.run_id else ""),
         err=True,
     )
-    for line in summary.failures[:10]:
-        click.echo(f"  failed {redact(line)}", err=True)
+    for failure in summary.failures[:10]:
+        click.echo(f"  failed {_failure_text(failure)}", err=True)
+    return data
+
+
+def _summary_json(
+    summary: Summary | None, dry_run: bool, *, error: str | None = None, code: int | None = None
+) -> dict[str, Any]:
+    """The ``--json`` object: every key in every run. A run stopped before it began has zeros and
+    ``"complete": false``."""
+    data = (summary or Summary(complete=False)).as_json()
+    if dry_run:
+        data["dry_run"] = True
+    if error:
+        data["error"] = redact(error)
+        data["complete"] = False
+    if code is not None:
+        data["exit_code"] = code
+    return data
+
+
+def _counts_line(data: dict[str, Any]) -> str:
+    return (
+        f"{data['requested']} requested: downloaded {data['downloaded']}, unchanged {data['unchanged']}, "
+        f"uploaded {data['uploaded']}, missing {data['missing']}, failed {data['failed']}, "
+        f"{data['bytes_downloaded']} bytes downloaded, {data['requests']} requests in {data['duration_s']:.1f} s"
+        + (f" (run {data['run_id']})" if data["run_id"] else "")
+    )
+
+
+def _failure_text(failure: dict[str, Any]) -> str:
+    """``12:345: reason`` (redacted) for one of the summary's failures."""
+    ref = ImageRef(failure["product_id"], failure["image_id"])
+    return redact(f"{ref}: {failure['reason']}")
 
 
 def _echo_failures(summary: Summary) -> None:
     """One stderr line per failed image, as many as the summary kept, then how many more failed."""
-    for line in summary.failures:
-        click.echo(f"imgsync: failed {redact(line)}", err=True)
+    for failure in summary.failures:
+        click.echo(f"imgsync: failed {_failure_text(failure)}", err=True)
     if summary.failed > len(summary.failures):
         click.echo(f"imgsync: ... and {summary.failed - len(summary.failures)} more", err=True)
 
@@ -355,13 +538,17 @@ def _echo_failures(summary: Summary) -> None:
 @click.option(
     "--runs", "n_runs", type=click.IntRange(1, 1000), default=5, help="How many recent runs to show."
 )
+@click.option("--failed", "failed_only", is_flag=True, help="Each failed image, with its reason and when.")
 @click.pass_context
-def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> None:
-    """Summarise the state database: counts by status, the last runs."""
+def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, failed_only: bool) -> None:
+    """Summarise the state database: counts by status, the last runs (--failed: each failed image)."""
     with _handle_errors():
         settings = _settings(ctx, db=db)
         if not settings.db.exists():
             raise StateError(f"{settings.db}: no state database yet (run 'imgsync sync' first)")
+        if failed_only:
+            _status_failed(settings.db, as_json)
+            return
         running = lock_held(settings.db)
         with Store(settings.db, readonly=True) as store:
             counts = store.counts_by_status()
@@ -396,6 +583,26 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int) -> No
                 )
 
 
+def _status_failed(db: Path, as_json: bool) -> None:
+    """``status --failed``: one line (or one JSON object in a streamed array) per failed image."""
+    n = 0
+    with Store(db, readonly=True) as store:
+        if as_json:
+            click.echo(f'{{"db": {json.dumps(str(db))}, "failed": [', nl=False)
+        for n, row in enumerate(store.iter_failed(), start=1):
+            if as_json:
+                click.echo(
+                    ("" if n == 1 else ", ") + json.dumps({**row, "reason": redact(row["reason"])}), nl=False
+                )
+            else:
+                ref = ImageRef(row["product_id"], row["image_id"])
+                click.echo(f"{str(ref):<15} {row['at'] or '-':<20}  {redact(row['reason'])}")
+    if as_json:
+        click.echo(f'], "count": {n}}}')
+    else:
+        click.echo(f"{n} failed image{'' if n == 1 else 's'}")
+
+
 def _run_outcome(run: dict[str, Any], running: bool) -> str:
     """``exit 0``, ``running`` (its lock is held), or ``crashed`` (it ended without recording its end)."""
     if run.get("state") == "running":
@@ -403,6 +610,45 @@ def _run_outcome(run: dict[str, Any], running: bool) -> str:
     if run.get("state") == "crashed":
         return "crashed"
     return f"exit {run['exit_code'] if run['exit_code'] is not None else '-'}"
+
+
+@cli.command()
+@config_option
+@click.option("--webhook", default=None, metavar="URL", help="Incoming webhook URL.")
+@click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the files go to.")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
+@click.option("--s3/--no-s3", "s3", default=None, help="Check S3 too (default: s3.enabled).")
+@click.option("--s3-bucket", default=None)
+@click.option("--s3-prefix", default=None)
+@click.option("--s3-endpoint-url", default=None, help="For MinIO, Ceph, R2, ...")
+@click.pass_context
+def check(
+    ctx: click.Context,
+    webhook: str | None,
+    dest: str | None,
+    db: str | None,
+    s3: bool | None,
+    s3_bucket: str | None,
+    s3_prefix: str | None,
+    s3_endpoint_url: str | None,
+) -> None:
+    """A quick look at the setup, in seconds: the portal answers these credentials with the catalog scope,
+    dest and the database are writable, the S3 bucket is reachable and writable. Exit codes as for sync."""
+    from .check import exit_code, run_checks
+
+    with _handle_errors():
+        settings = _settings(
+            ctx,
+            webhook_url=webhook,
+            dest=dest,
+            db=db,
+            s3_enabled=s3,
+            s3_bucket=s3_bucket,
+            s3_prefix=s3_prefix,
+            s3_endpoint_url=s3_endpoint_url,
+        )
+        checks = run_checks(settings, on_check=lambda c: click.echo(c.line()))
+        sys.exit(exit_code(checks))
 
 
 @cli.command()

@@ -28,7 +28,15 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 from .redact import redact, redact_url, register_secret
 
-__all__ = ["DEFAULT_CONFIG_NAME", "ENV_VARS", "Settings", "load_settings", "validate_for_sync"]
+__all__ = [
+    "DEFAULT_CONFIG_NAME",
+    "ENV_VARS",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+    "parse_size",
+    "validate_for_sync",
+]
 
 DEFAULT_CONFIG_NAME = "imgsync.toml"
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
@@ -67,6 +75,16 @@ class Settings:
     s3_prefix: str = ""
     s3_endpoint_url: str = ""
     workers: int = 4
+    #: Caps of one run (``None``: no cap); see :func:`parse_duration` and :func:`parse_size`.
+    max_duration_s: float | None = None
+    max_downloads: int | None = None
+    max_bytes: int | None = None
+    #: Log lines (and a progress line a minute) are appended there too.
+    log_file: Path | None = None
+    #: Prometheus text format for node_exporter's textfile collector, written at the end of every run.
+    metrics_file: Path | None = None
+    #: Events older than this are pruned at the end of a run; 0 keeps them all.
+    keep_events_days: int = 180
     config_path: Path | None = None
 
     @property
@@ -106,6 +124,7 @@ class _Origin:
 _FLAGS = {
     "webhook_url": "--webhook",
     "s3_enabled": "--s3/--no-s3",
+    "max_duration_s": "--max-duration",
 }
 
 
@@ -133,6 +152,7 @@ _FILE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "dest": ("dest", "path"),
         "db": ("db", "path"),
         "keep_local": ("keep_local", "bool"),
+        "keep_events_days": ("keep_events_days", "days"),
     },
     "s3": {
         "enabled": ("s3_enabled", "bool"),
@@ -142,6 +162,13 @@ _FILE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "sync": {
         "workers": ("workers", "workers"),
+        "max_duration": ("max_duration_s", "duration"),
+        "max_downloads": ("max_downloads", "count"),
+        "max_bytes": ("max_bytes", "size"),
+        "log_file": ("log_file", "optional_path"),
+    },
+    "metrics": {
+        "textfile": ("metrics_file", "optional_path"),
     },
 }
 _KIND = {field: kind for keys in _FILE_KEYS.values() for field, kind in keys.values()}
@@ -162,6 +189,16 @@ ENV_VARS: dict[str, str] = {
     "IMGSYNC_S3_BUCKET": "s3_bucket",
     "IMGSYNC_S3_ENDPOINT_URL": "s3_endpoint_url",
     "IMGSYNC_WORKERS": "workers",
+    # The long form of the contract, IMGSYNC_<SECTION>_<KEY>, for the keys added with it.
+    "IMGSYNC_BITRIX24_RATE_LIMIT": "rate_limit",
+    "IMGSYNC_BITRIX24_BURST": "burst",
+    "IMGSYNC_BITRIX24_TIMEOUT": "timeout",
+    "IMGSYNC_STORAGE_KEEP_EVENTS_DAYS": "keep_events_days",
+    "IMGSYNC_SYNC_MAX_DURATION": "max_duration_s",
+    "IMGSYNC_SYNC_MAX_DOWNLOADS": "max_downloads",
+    "IMGSYNC_SYNC_MAX_BYTES": "max_bytes",
+    "IMGSYNC_SYNC_LOG_FILE": "log_file",
+    "IMGSYNC_METRICS_TEXTFILE": "metrics_file",
 }
 _ENV_OF = {field: name for name, field in ENV_VARS.items()}
 
@@ -201,6 +238,61 @@ def _integer(value: object, *, from_text: bool) -> int | None:
     if from_text and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,20}\s*", value):
         return int(value)
     return None
+
+
+_DURATION = re.compile(
+    r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?"
+)
+_DURATION_UNITS = (86400, 3600, 60, 1)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in ``90m``, ``6h``, ``1h30m``, ``2d``, ``45s`` (d/h/m/s in that order), or ``None``."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match or not any(match.groups()):
+        return None
+    return sum(float(n) * unit for n, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if n)
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes in ``20G``, ``512M``, ``1.5T``, ``20GiB`` (K/M/G/T are powers of 1024) or ``1048576``, or ``None``."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        return None
+    number, unit = match.group(1), (match.group(2) or "").upper()
+    if not unit and "." in number:
+        return None  # a fraction of a byte
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def _check_cap(kind: str, value: object, origin: _Origin, *, from_text: bool) -> object:
+    """The caps and counts: a positive duration, size or whole number (``days`` may be 0)."""
+    if kind == "duration":
+        seconds = parse_duration(value) if isinstance(value, str) else None
+        if seconds is None or seconds <= 0:
+            raise _fail(
+                origin, f"must be a duration like 90m, 6h or 1h30m (units d, h, m, s), got {_shown(value)}"
+            )
+        return seconds
+    if kind == "size":
+        if isinstance(value, int) and not isinstance(value, bool):
+            size: int | None = value
+        else:
+            size = parse_size(value) if isinstance(value, str) else None
+        if size is None or size <= 0:
+            raise _fail(
+                origin,
+                f"must be a size like 20G, 512M or a number of bytes (K, M, G, T are powers of 1024), "
+                f"got {_shown(value)}",
+            )
+        return size
+    integer = _integer(value, from_text=from_text)
+    least = 0 if kind == "days" else 1
+    if integer is None or integer < least:
+        raise _fail(origin, f"must be a whole number of at least {least}, got {_shown(value)}")
+    return integer
 
 
 _WEBHOOK_PATH = re.compile(r"/rest/(\d+)/([^/]+)/?(.*)")
@@ -255,6 +347,8 @@ def _check_portal(value: str, origin: _Origin) -> str:
 def _check(field: str, value: object, origin: _Origin, base: Path, *, from_text: bool) -> object:
     """Check and normalise one value for ``field``; ``from_text``: it came as a string (env, flags)."""
     kind = _KIND[field]
+    if kind in ("duration", "size", "count", "days"):
+        return _check_cap(kind, value, origin, from_text=from_text)
     if kind in ("positive", "burst", "workers"):
         if kind == "positive":
             number = _number(value, from_text=from_text)
@@ -273,7 +367,9 @@ def _check(field: str, value: object, origin: _Origin, base: Path, *, from_text:
         if not isinstance(value, bool):
             raise _fail(origin, f"must be true or false, got {_shown(value)}")
         return value
-    if kind == "path":
+    if kind == "optional_path" and isinstance(value, str) and not value.strip():
+        return None  # "" turns off what the file or the environment set
+    if kind in ("path", "optional_path"):
         if isinstance(value, str | os.PathLike) and str(value).strip():
             path = Path(value).expanduser()
             return path if path.is_absolute() else base / path

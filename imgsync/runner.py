@@ -57,6 +57,9 @@ class Progress:
     def extend(self, n: int) -> None:
         """``n`` more images became known (the images of listed products)."""
 
+    def add_bytes(self, n: int) -> None:
+        """``n`` more bytes were downloaded (for the log's progress line; see :mod:`imgsync.progress`)."""
+
 
 def token_key(settings: Settings) -> str:
     return f"{(settings.portal_url or '').rstrip('/')}|{settings.client_id}"
@@ -186,6 +189,7 @@ def run_sync(
             on_plan=on_plan,
             stop=stop,
         )
+        syncer.progress_bytes = progress.add_bytes  # ops: bytes for the progress line
         progress.total(len(pairs))
         log.info(
             "%d images to check%s (%d duplicate pairs skipped)%s",
@@ -198,6 +202,8 @@ def run_sync(
         # Closed before the pairs' database is (the stack unwinds in reverse): a generator left open would
         # be finalised later against a closed database, printing "Exception ignored in ..." on a stop.
         stack.callback(chunks.close)
+        if not request.dry_run:  # ops: retention, once the run is over (also when it failed), lock still held
+            stack.callback(store.prune_events, settings.keep_events_days)
         return syncer.run(chain(chunks, product_chunks(request.products, pairs)))
     raise AssertionError("unreachable")
 

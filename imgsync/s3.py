@@ -399,6 +399,27 @@ class S3Uploader:
             return None
         return None
 
+    # --- check ---
+    def probe(self) -> str:
+        """Write and delete a tiny object ``<prefix>.imgsync-check`` (``imgsync check``); return its key.
+
+        Raises :class:`S3SetupError`: exit 3 when access is refused, else 2.
+        """
+        key = f"{self.prefix}.imgsync-check"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"imgsync check\n")
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            raise S3SetupError(
+                redact(f"cannot write {self._url(key)} at {self.where}: {_client_error_text(exc)}"),
+                exit_code=3 if _is_denied(exc) else 2,
+            ) from None
+        except BotoCoreError as exc:
+            raise S3SetupError(
+                redact(f"cannot write {self._url(key)} at {self.where}: {_boto_text(exc)}"), exit_code=2
+            ) from None
+        return key
+
     # -- per object ---------------------------------------------------------------------------------
     def key_for(self, relative: str) -> str:
         """The object key of a file at ``relative`` (``<product_id>/<image_id>-<safe name>``) under dest."""

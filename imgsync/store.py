@@ -14,12 +14,13 @@ One :class:`Store` is shared by the threads of a run; a lock serialises its use 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from .models import (
     S3Object,
     StoredImage,
 )
+
+log = logging.getLogger(__name__)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -584,6 +587,43 @@ class Store:
             )
             return int(cursor.rowcount)
 
+    # --- retention ---
+    # ``[storage] keep_events_days``: the runner prunes old events once a run is over (its lock still held).
+    def prune_events(self, older_than_days: int) -> int:
+        """Delete events recorded more than ``older_than_days`` days ago (0: keep all); return how many.
+
+        Never raises: a failed prune (a full disk, say) is logged and left for the next run, which tries again.
+        """
+        if older_than_days <= 0 or self.readonly:
+            return 0
+        cutoff = (datetime.now(UTC) - timedelta(days=older_than_days)).replace(microsecond=0)
+        at = cutoff.isoformat().replace("+00:00", "Z")  # the format of utcnow(): compares as text
+        try:
+            with self._writing() as conn:
+                deleted = conn.execute("delete from events where at < ?", [at]).rowcount
+        except LocalStorageError as exc:
+            log.warning("old events were not pruned: %s", exc.message)
+            return 0
+        if deleted:
+            log.info("pruned %d events older than %d days", deleted, older_than_days)
+        return int(deleted)
+
+    # --- status ---
+    # ``imgsync status --failed``: one row at a time, never the whole table in memory.
+    def iter_failed(self) -> Iterator[dict[str, Any]]:
+        """Failed images, most recently checked first: ``product_id``, ``image_id``, ``reason``, ``at``."""
+        with self._lock:
+            cursor = self.db.execute(
+                "select product_id, image_id, coalesce(error, ''), last_checked_at from images "
+                "where status = 'failed' order by last_checked_at desc, product_id, image_id"
+            )
+            try:
+                while batch := cursor.fetchmany(500):
+                    for product_id, image_id, reason, at in batch:
+                        yield {"product_id": product_id, "image_id": image_id, "reason": reason, "at": at}
+            finally:
+                cursor.close()
+
 
 _REPLACING = "a newer version was being downloaded when the run stopped"
 
@@ -651,8 +691,12 @@ def _columns(outcome: Outcome, now: str) -> dict[str, Any] | None:
 
 
 def _events(outcome: Outcome) -> list[tuple[Event, str]]:
-    """The ``events`` rows of an outcome: its own, and an upload (or its failure) after it."""
-    out = [(outcome.event, outcome.detail)]
+    """The ``events`` rows of an outcome: its own, and an upload (or its failure) after it. An unchanged
+    image writes none of its own (the run's counts hold it), so a nightly run over a million unchanged
+    images does not grow the database."""
+    out: list[tuple[Event, str]] = (
+        [(outcome.event, outcome.detail)] if outcome.event != Event.UNCHANGED else []
+    )
     if outcome.uploaded:
         out.append((Event.UPLOADED, outcome.detail))
     if outcome.upload_error is not None:

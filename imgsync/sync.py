@@ -129,9 +129,17 @@ class Plan:
         }
 
 
+#: How many failed images the summary lists (``failures``); ``failed`` counts them all.
+MAX_FAILURES = 100
+
+
 @dataclass
 class Summary:
-    """The counts of the ``--json`` summary, plus what the CLI needs to choose an exit code."""
+    """The counts of the ``--json`` summary, plus what the CLI needs to choose an exit code.
+
+    ``failures``: up to :data:`MAX_FAILURES` ``{"product_id", "image_id", "reason"}``. ``complete`` is false when
+    the run stopped before the end (an error, a signal, a cap); ``deferred``: images left for the next run.
+    """
 
     run_id: int | None = None
     requested: int = 0
@@ -143,16 +151,50 @@ class Summary:
     duration_s: float = 0.0
     error: str | None = None
     exit_code: int = 0
-    failures: list[str] = field(default_factory=list)
+    complete: bool = True
+    deferred: int = 0
+    bytes_downloaded: int = 0
+    bytes_uploaded: int = 0
+    requests: int = 0
+    retries: int = 0
+    answers_503: int = 0
+    answers_429: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    #: The keys of :meth:`as_json`, in order: every run's object has all of them.
+    KEYS = (
+        "run_id",
+        "exit_code",
+        "complete",
+        "requested",
+        "downloaded",
+        "unchanged",
+        "uploaded",
+        "missing",
+        "failed",
+        "deferred",
+        "bytes_downloaded",
+        "bytes_uploaded",
+        "requests",
+        "retries",
+        "answers_503",
+        "answers_429",
+        "duration_s",
+        "error",
+        "failures",
+    )
+
+    def add_failure(self, ref: ImageRef, reason: str) -> None:
+        if len(self.failures) < MAX_FAILURES:
+            self.failures.append(
+                {"product_id": int(ref.product_id), "image_id": int(ref.image_id), "reason": reason}
+            )
 
     def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            k: getattr(self, k)
-            for k in ("run_id", "requested", "downloaded", "unchanged", "uploaded", "missing", "failed")
-        }
+        out: dict[str, Any] = {k: getattr(self, k) for k in self.KEYS}
         out["duration_s"] = round(self.duration_s, 3)
-        if self.error:
-            out["error"] = self.error
+        out["error"] = self.error or None
+        out["failures"] = [dict(f) for f in self.failures]
         return out
 
 
@@ -201,6 +243,9 @@ def decide(
 
 class Syncer:
     """Runs one sync. ``run(chunks)`` is the whole job; everything it needs is passed in."""
+
+    #: Told the size of each download (the log's progress line); optional, set by the runner.
+    progress_bytes: Callable[[int], None] | None = None
 
     def __init__(
         self,
@@ -261,6 +306,13 @@ class Syncer:
             self.summary.duration_s = time.monotonic() - started
             if not self.summary.exit_code:
                 self.summary.exit_code = 1 if self.summary.failed else 0
+            # --- run totals (JSON summary, metrics) ---
+            self.summary.complete = self.summary.complete and not self.summary.error
+            for name, attr in (("requests", "requests_sent"), ("retries", "retries")):
+                setattr(self.summary, name, getattr(self.client, attr, 0))
+            self.summary.answers_503 = getattr(self.client, "answers_503", 0)
+            self.summary.answers_429 = getattr(self.client, "answers_429", 0)
+            # --- end run totals ---
             if not dry and self.summary.run_id is not None:
                 self.store.finish_run(
                     self.summary.run_id,
@@ -548,16 +600,19 @@ class Syncer:
         s.requested += 1
         if outcome.event == Event.DOWNLOADED:
             s.downloaded += 1
+            s.bytes_downloaded += outcome.size or 0
+            if self.progress_bytes is not None:
+                self.progress_bytes(outcome.size or 0)
         elif outcome.event == Event.UNCHANGED and not outcome.failed:
             s.unchanged += 1
         elif outcome.event == Event.MISSING:
             s.missing += 1
         if outcome.uploaded:
             s.uploaded += 1
+            s.bytes_uploaded += outcome.size or 0
         if outcome.failed:
             s.failed += 1
-            if len(s.failures) < 100:
-                s.failures.append(f"{outcome.ref}: {outcome.reason}")
+            s.add_failure(outcome.ref, outcome.reason)  # what -q prints on stderr, one line each
             log.warning("%s failed: %s", outcome.ref, outcome.reason)
         self._pending.append(outcome)
         self.progress(str(outcome.event))

@@ -80,7 +80,16 @@ def test_quiet_lists_at_most_100_failed_images_then_how_many_more(env: Env, big_
 
 
 def test_failure_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
-    summary = Summary(failed=1, failures=["12:345: GET https://portal.example/rest/1/abcdef123456/x refused"])
+    summary = Summary(
+        failed=1,
+        failures=[
+            {
+                "product_id": 12,
+                "image_id": 345,
+                "reason": "GET https://portal.example/rest/1/abcdef123456/x refused",
+            }
+        ],
+    )
     cli_module._echo_failures(summary)
     err = capsys.readouterr().err
     assert err.startswith("imgsync: failed 12:345: GET https://portal.example/rest/1/")

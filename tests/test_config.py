@@ -86,6 +86,12 @@ def test_example_config_loads_and_documents_every_key():
         "prefix",
         "endpoint_url",
         "workers",
+        "max_duration",
+        "max_downloads",
+        "max_bytes",
+        "log_file",
+        "textfile",
+        "keep_events_days",
     ):
         assert re.search(rf"^#? ?{key} = ", text, re.M), key
 
@@ -549,3 +555,179 @@ def test_validate_for_sync_checks_hand_built_oauth_settings():
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().workers = 3  # type: ignore[misc]
+
+
+# --- caps, logs, metrics, retention --------------------------------------------------------------------------
+
+
+def test_new_keys_default_to_no_cap_no_log_no_metrics_and_180_days(tmp_path):
+    settings = load(tmp_path)
+    assert (settings.max_duration_s, settings.max_downloads, settings.max_bytes) == (None, None, None)
+    assert (settings.log_file, settings.metrics_file, settings.keep_events_days) == (None, None, 180)
+
+
+def test_caps_logs_metrics_and_retention_from_the_file(tmp_path):
+    text = """
+[storage]
+keep_events_days = 30
+[sync]
+max_duration = "1h30m"
+max_downloads = 5000
+max_bytes = "20G"
+log_file = "logs/imgsync.log"
+[metrics]
+textfile = "/var/lib/node_exporter/textfile/imgsync.prom"
+"""
+    settings = load(tmp_path, text)
+    assert settings.max_duration_s == 5400.0
+    assert settings.max_downloads == 5000
+    assert settings.max_bytes == 20 * 1024**3
+    assert settings.log_file == tmp_path / "logs" / "imgsync.log"
+    assert settings.metrics_file == Path("/var/lib/node_exporter/textfile/imgsync.prom")
+    assert settings.keep_events_days == 30
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("90m", 5400.0),
+        ("6h", 21600.0),
+        ("1h30m", 5400.0),
+        ("2d", 172800.0),
+        ("45s", 45.0),
+        ("1d2h3m4s", 93784.0),
+    ],
+)
+def test_durations(tmp_path, value, seconds):
+    assert load(tmp_path, overrides={"max_duration_s": value}).max_duration_s == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("20G", 20 * 1024**3),
+        ("512M", 512 * 1024**2),
+        ("1.5K", 1536),
+        ("2T", 2 * 1024**4),
+        ("20GiB", 20 * 1024**3),
+        ("1048576", 1048576),
+        ("100B", 100),
+    ],
+)
+def test_sizes_are_powers_of_1024_or_plain_bytes(tmp_path, value, size):
+    assert load(tmp_path, env={"IMGSYNC_SYNC_MAX_BYTES": value}).max_bytes == size
+
+
+def test_a_plain_number_of_bytes_in_the_file(tmp_path):
+    assert load(tmp_path, "[sync]\nmax_bytes = 1048576\n").max_bytes == 1048576
+
+
+def test_caps_precedence_flag_over_environment_over_file(tmp_path):
+    text = '[sync]\nmax_duration = "6h"\nmax_downloads = 10\nmax_bytes = "1G"\n'
+    env = {
+        "IMGSYNC_SYNC_MAX_DURATION": "2h",
+        "IMGSYNC_SYNC_MAX_DOWNLOADS": "20",
+        "IMGSYNC_SYNC_MAX_BYTES": "2G",
+    }
+    assert load(tmp_path, text).max_duration_s == 6 * 3600
+    from_env = load(tmp_path, text, env=env)
+    assert (from_env.max_duration_s, from_env.max_downloads, from_env.max_bytes) == (7200, 20, 2 * 1024**3)
+    flags = {"max_duration_s": "90m", "max_downloads": "30", "max_bytes": "3G"}
+    from_flags = load(tmp_path, text, env=env, overrides=flags)
+    assert (from_flags.max_duration_s, from_flags.max_downloads, from_flags.max_bytes) == (
+        5400,
+        30,
+        3 * 1024**3,
+    )
+
+
+def test_an_empty_log_file_or_textfile_writes_none(tmp_path):
+    text = '[sync]\nlog_file = "a.log"\n[metrics]\ntextfile = ""\n'
+    settings = load(tmp_path, text, overrides={"log_file": ""})
+    assert (settings.log_file, settings.metrics_file) == (None, None)
+
+
+def test_long_environment_names_for_the_new_keys(tmp_path):
+    env = {
+        "IMGSYNC_BITRIX24_RATE_LIMIT": "5",
+        "IMGSYNC_BITRIX24_BURST": "250",
+        "IMGSYNC_BITRIX24_TIMEOUT": "12.5",
+        "IMGSYNC_STORAGE_KEEP_EVENTS_DAYS": "0",
+        "IMGSYNC_SYNC_LOG_FILE": "imgsync.log",
+        "IMGSYNC_METRICS_TEXTFILE": "metrics/imgsync.prom",
+    }
+    settings = load(tmp_path, env=env)
+    assert (settings.rate_limit, settings.burst, settings.timeout) == (5.0, 250, 12.5)
+    assert settings.keep_events_days == 0
+    assert settings.log_file == tmp_path / "imgsync.log"
+    assert settings.metrics_file == tmp_path / "metrics" / "imgsync.prom"
+
+
+DURATION = "must be a duration like 90m, 6h or 1h30m (units d, h, m, s), got"
+SIZE = "must be a size like 20G, 512M or a number of bytes (K, M, G, T are powers of 1024), got"
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "message"),
+    [
+        ({}, {"max_duration_s": "6 hours"}, f"--max-duration {DURATION} '6 hours'"),
+        ({}, {"max_duration_s": "-1"}, f"--max-duration {DURATION} '-1'"),
+        ({}, {"max_duration_s": "0m"}, f"--max-duration {DURATION} '0m'"),
+        ({}, {"max_duration_s": "30m1h"}, f"--max-duration {DURATION} '30m1h'"),
+        ({"IMGSYNC_SYNC_MAX_DURATION": "6"}, None, f"IMGSYNC_SYNC_MAX_DURATION {DURATION} '6'"),
+        ({}, {"max_bytes": "20Q"}, f"--max-bytes {SIZE} '20Q'"),
+        ({}, {"max_bytes": "-1"}, f"--max-bytes {SIZE} '-1'"),
+        ({}, {"max_bytes": "0"}, f"--max-bytes {SIZE} '0'"),
+        ({"IMGSYNC_SYNC_MAX_BYTES": "1.5"}, None, f"IMGSYNC_SYNC_MAX_BYTES {SIZE} '1.5'"),
+        ({}, {"max_downloads": "-1"}, "--max-downloads must be a whole number of at least 1, got '-1'"),
+        ({}, {"max_downloads": "ten"}, "--max-downloads must be a whole number of at least 1, got 'ten'"),
+        (
+            {"IMGSYNC_SYNC_MAX_DOWNLOADS": "0"},
+            None,
+            "IMGSYNC_SYNC_MAX_DOWNLOADS must be a whole number of at least 1, got '0'",
+        ),
+        (
+            {"IMGSYNC_STORAGE_KEEP_EVENTS_DAYS": "-5"},
+            None,
+            "IMGSYNC_STORAGE_KEEP_EVENTS_DAYS must be a whole number of at least 0, got '-5'",
+        ),
+        ({}, {"burst": "0"}, "--burst must be a whole number of at least 1, got '0'"),
+        ({}, {"timeout": "soon"}, "--timeout must be a positive number, got 'soon'"),
+        ({}, {"log_file": 7}, "--log-file must be a non-empty path, got 7"),
+    ],
+)
+def test_bad_caps_and_new_values_name_the_flag_or_variable(tmp_path, env, overrides, message):
+    assert config_error(tmp_path, env=env, overrides=overrides) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[sync]\nmax_duration = "6 hours"\n', f"imgsync.toml: sync.max_duration {DURATION} '6 hours'"),
+        ("[sync]\nmax_duration = 3600\n", f"imgsync.toml: sync.max_duration {DURATION} 3600"),
+        ('[sync]\nmax_bytes = "20Q"\n', f"imgsync.toml: sync.max_bytes {SIZE} '20Q'"),
+        ("[sync]\nmax_bytes = -1\n", f"imgsync.toml: sync.max_bytes {SIZE} -1"),
+        (
+            '[sync]\nmax_downloads = "10"\n',
+            "imgsync.toml: sync.max_downloads must be a whole number of at least 1, got '10'",
+        ),
+        (
+            "[storage]\nkeep_events_days = 1.5\n",
+            "imgsync.toml: storage.keep_events_days must be a whole number of at least 0, got 1.5",
+        ),
+        (
+            "[metrics]\ntextfil = 'x.prom'\n",
+            "imgsync.toml: unknown key 'metrics.textfil'; did you mean 'metrics.textfile'?",
+        ),
+        (
+            "[sync]\nmax_durations = '6h'\n",
+            "imgsync.toml: unknown key 'sync.max_durations'; did you mean 'sync.max_duration'?",
+        ),
+        (
+            "[sync]\ntextfile = 'x.prom'\n",
+            "imgsync.toml: unknown key 'sync.textfile'; did you mean 'metrics.textfile'?",
+        ),
+    ],
+)
+def test_bad_new_keys_in_the_file_name_file_and_key(tmp_path, text, message):
+    assert config_error(tmp_path, text) == message
