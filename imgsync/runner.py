@@ -179,6 +179,9 @@ def run_sync(
             workers=settings.workers,
             keep_local=settings.keep_local,
             uploader=uploader,
+            max_duration_s=settings.max_duration_s,
+            max_downloads=settings.max_downloads,
+            max_bytes=settings.max_bytes,
         )
         syncer = Syncer(
             client,
@@ -204,7 +207,10 @@ def run_sync(
         stack.callback(chunks.close)
         if not request.dry_run:  # ops: retention, once the run is over (also when it failed), lock still held
             stack.callback(store.prune_events, settings.keep_events_days)
-        return syncer.run(chain(chunks, product_chunks(request.products, pairs)))
+        return syncer.run(
+            chain(chunks, product_chunks(request.products, pairs)),
+            total=None if request.products else len(pairs),
+        )
     raise AssertionError("unreachable")
 
 

@@ -86,6 +86,10 @@ class SyncOptions:
     workers: int = 4
     keep_local: bool = True
     uploader: Uploader | None = None
+    #: Caps (None: none). At a cap the run takes no new work, finishes what is in flight and exits 5.
+    max_duration_s: float | None = None
+    max_downloads: int | None = None
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ class Summary:
     answers_503: int = 0
     answers_429: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: A dry run's plan, one ``Plan.as_json()`` per image (None in a real run).
+    plan: list[dict[str, Any]] | None = None
 
     #: The keys of :meth:`as_json`, in order: every run's object has all of them.
     KEYS = (
@@ -195,6 +201,8 @@ class Summary:
         out["duration_s"] = round(self.duration_s, 3)
         out["error"] = self.error or None
         out["failures"] = [dict(f) for f in self.failures]
+        if self.plan is not None:
+            out["plan"] = list(self.plan)
         return out
 
 
@@ -265,15 +273,22 @@ class Syncer:
         self.progress_extend = progress_extend or (lambda n: None)
         self.on_plan = on_plan
         self.stop = stop or client.stop
-        self.summary = Summary()
+        self.summary = Summary(plan=[] if opts.dry_run else None)
         self._pending: list[Outcome] = []
         self._last_flush = time.monotonic()
         self._expected = BATCH_SIZE  # downloads a batch in flight will bring, as the last chunk did
+        self._started = time.monotonic()
+        self._downloads_started = 0
+        self.capped: str | None = None  # which cap stopped the run, e.g. "--max-downloads 100"
 
     # -- the whole run ----------------------------------------------------------------------------
-    def run(self, chunks: Iterable[list[ImageRef] | ProductChunk]) -> Summary:
-        """Sync every chunk; return the summary. Fatal errors are raised after what finished is recorded."""
-        started = time.monotonic()
+    def run(self, chunks: Iterable[list[ImageRef] | ProductChunk], *, total: int | None = None) -> Summary:
+        """Sync every chunk; return the summary. Fatal errors are raised after what finished is recorded.
+
+        ``total``: how many images the chunks hold, when known beforehand (pairs): a capped run then counts
+        the images it never reached as deferred too.
+        """
+        started = self._started = time.monotonic()
         dry = self.opts.dry_run
         if not dry:
             self.summary.run_id = self.store.start_run()
@@ -304,8 +319,14 @@ class Syncer:
         finally:
             self._flush(force=True)
             self.summary.duration_s = time.monotonic() - started
+            if self.capped is not None:
+                self.summary.complete = False
+                if total is not None:
+                    self.summary.deferred = max(self.summary.deferred, total - self.summary.requested)
+                log.warning("%s reached: %d images left for the next run", self.capped, self.summary.deferred)
             if not self.summary.exit_code:
-                self.summary.exit_code = 1 if self.summary.failed else 0
+                capped = 5 if self.capped is not None else 0
+                self.summary.exit_code = 1 if self.summary.failed else capped
             # --- run totals (JSON summary, metrics) ---
             self.summary.complete = self.summary.complete and not self.summary.error
             for name, attr in (("requests", "requests_sent"), ("retries", "retries")):
@@ -321,6 +342,20 @@ class Syncer:
                     self.summary.error or "",
                 )
         return self.summary
+
+    def _cap(self, *, queued: bool = False) -> str | None:
+        """The cap that forbids new work now (``--max-downloads 100``), or None. A run is ``capped`` only
+        once a cap actually turns work away, so a cap met by the last piece of work is no stop."""
+        opts = self.opts
+        if opts.dry_run:
+            return None
+        if not queued and opts.max_downloads is not None and self._downloads_started >= opts.max_downloads:
+            return f"--max-downloads {opts.max_downloads}"
+        if opts.max_bytes is not None and self.summary.bytes_downloaded >= opts.max_bytes:
+            return f"--max-bytes {opts.max_bytes}"
+        if opts.max_duration_s is not None and time.monotonic() - self._started >= opts.max_duration_s:
+            return f"--max-duration {opts.max_duration_s:g}s"
+        return None
 
     def _stop_code(self, default: int) -> int:
         """The exit code a stop request carries (128 + the signal), or ``default``."""
@@ -387,7 +422,23 @@ class Syncer:
                     if chunk is None:
                         exhausted = True
                         break
+                    cap = self._cap()
+                    if cap is not None:
+                        # No new work: what is in flight finishes, this chunk and the rest are deferred.
+                        self.capped = cap
+                        if not isinstance(chunk, ProductChunk):
+                            self.summary.deferred += len(chunk)
+                        exhausted = True
+                        break
                     meta[meta_pool.submit(self._fetch, chunk)] = chunk
+                queued_cap = self._cap(queued=True) if work else None
+                if queued_cap is not None:
+                    # Queued downloads that have not started are new work too: they wait for the next run.
+                    # (--max-downloads counts them when queued, so it has already let them in.)
+                    for waiting in [f for f in work if f.cancel()]:
+                        del work[waiting]
+                        self.capped = queued_cap
+                        self.summary.deferred += 1
                 if not meta and not work:
                     break
                 done, _ = wait([*meta, *work], timeout=0.5, return_when=FIRST_COMPLETED)
@@ -457,6 +508,13 @@ class Syncer:
             self._count_plan(plan)
             return
         if plan.action in (Action.DOWNLOAD, Action.UPLOAD) and executor is not None:
+            cap = self._cap()
+            if cap is not None:
+                self.capped = cap
+                self.summary.deferred += 1  # nothing recorded: the next run plans it again
+                return
+            if plan.action == Action.DOWNLOAD:
+                self._downloads_started += 1
             work, pool = executor
             job = self._download if plan.action == Action.DOWNLOAD else self._upload_only
             work[pool.submit(job, plan)] = plan
@@ -466,6 +524,8 @@ class Syncer:
     def _count_plan(self, plan: Plan) -> None:
         s = self.summary
         s.requested += 1
+        if s.plan is not None:
+            s.plan.append(plan.as_json())
         if plan.action == Action.DOWNLOAD:
             s.downloaded += 1
         elif plan.action == Action.UPLOAD:
