@@ -153,6 +153,10 @@ class LeakyBucket:
             self._level = max(self._level, self.capacity)
 
 
+#: Commands are expected to cost up to this much more than the largest recent one (the portal's load varies).
+HEADROOM = 1.25
+
+
 class OperatingBudget:
     """Each method's operating time as the portal reports it, so calls slow down before a 429.
 
@@ -160,12 +164,16 @@ class OperatingBudget:
     (429 ``OPERATION_TIME_LIMIT``) a call when the sum already exceeds its limit (limits.md; 480 s in the
     docs' example, the real cloud value is not published). Every answer reports the sum for its method
     (``time.operating``, or ``result_time[key].operating`` per batch command). We keep per method the last
-    reported sum, the rise each answer showed (an event ``(at, seconds)``) and the largest recent rise per
-    command (``cost``). Before sending ``n`` commands of a method, :meth:`wait` sleeps until
-    ``sum + n * cost`` fits under ``threshold * limit``. What drops out of the portal's sum is modelled from
-    our own events: one noted at ``t`` is gone by ``t + window`` at the latest (its basket began at or before
-    ``t``), so the estimate never runs below the portal's own sum for our calls. Usage by others of the same
-    webhook shows up only in the next report, which replaces the estimate.
+    reported sum, the rise each answer showed (an event ``(t, seconds)``) and the largest recent rise per
+    command (``cost``). Before sending ``n`` commands of a method, :meth:`reserve` sleeps until
+    ``sum + n * cost`` fits under ``threshold * limit``.
+
+    What drops out of the portal's sum meanwhile is modelled from our own events. A basket starts with a
+    call and holds the calls of the next ``window / 10``; it drops out ``window`` after its start. So an
+    event noted at ``t`` is gone by ``t + window`` at the latest, and was surely still counted in a report
+    made before ``t + 0.9 * window``. Only events surely in the last report and surely gone since are taken
+    off it: the estimate never runs below the portal's own sum. Usage by others of the same webhook shows
+    up in the next report, which replaces the estimate.
     """
 
     def __init__(
@@ -215,11 +223,14 @@ class OperatingBudget:
             return max(costs) if costs else None
 
     def capacity(self, method: str) -> int | None:
-        """How many commands of ``method`` fit in one window's budget (None while the cost is unknown)."""
+        """How many commands of ``method`` one request should hold: half a window's budget (None while the
+        cost is unknown). The portal checks each command of a batch against the limit, and the next ones
+        may cost more than the last did: small requests spread over the window keep that risk small
+        without lowering the pace (what a window allows is the same)."""
         cost = self.cost(method)
         if cost is None:
             return None
-        return max(1, int(self.threshold * self.limit / cost)) if cost > 0 else BATCH_SIZE
+        return max(1, int(self.threshold * self.limit / (2 * HEADROOM * cost))) if cost > 0 else BATCH_SIZE
 
     def _estimate(self, method: str, now: float) -> float:
         """The method's sum now: the last report minus our own events dropped out since. Lock held."""
@@ -229,9 +240,14 @@ class OperatingBudget:
         used, at = reported
         events = self._events.get(method, [])
         while events and events[0][0] + self.window <= at:
-            events.pop(0)  # dropped before the report: the report does not hold it
-        dropped = sum(seconds for t, seconds in events if t + self.window <= now)
-        return max(0.0, used - dropped)
+            events.pop(0)  # gone before the report: the report does not hold it
+        return max(
+            0.0, used - sum(seconds for t, seconds in self._droppable(events, at) if t + self.window <= now)
+        )
+
+    def _droppable(self, events: list[tuple[float, float]], at: float) -> Iterator[tuple[float, float]]:
+        """The events surely counted in a report made at ``at`` (their basket cannot have dropped yet)."""
+        return (e for e in events if at < e[0] + 0.9 * self.window)
 
     def delay(self, counts: Mapping[str, int]) -> float:
         """Seconds to wait before sending ``counts`` commands per method (0: send now)."""
@@ -242,14 +258,17 @@ class OperatingBudget:
                 costs = self._costs.get(method)
                 if not costs:
                     continue
-                need = self._estimate(method, now) + self._reserved.get(method, 0.0) + n * max(costs)
+                need = (
+                    self._estimate(method, now) + self._reserved.get(method, 0.0) + n * HEADROOM * max(costs)
+                )
                 if need <= self.threshold * self.limit:
                     continue
                 # Wait for the first of our own events whose drop-out brings it under; if none does,
                 # (the rest is someone else's use, or one request is bigger than the budget) send anyway:
                 # a 429 then waits for operating_reset_at as before.
                 over = need - self.threshold * self.limit
-                for t, seconds in self._events.get(method, []):
+                _used, at = self._reported[method]
+                for t, seconds in self._droppable(self._events.get(method, []), at):
                     if t + self.window > now:
                         over -= seconds
                         if over <= 0:
