@@ -223,14 +223,15 @@ class OperatingBudget:
             return max(costs) if costs else None
 
     def capacity(self, method: str) -> int | None:
-        """How many commands of ``method`` one request should hold: half a window's budget (None while the
-        cost is unknown). The portal checks each command of a batch against the limit, and the next ones
-        may cost more than the last did: small requests spread over the window keep that risk small
-        without lowering the pace (what a window allows is the same)."""
+        """How many commands of ``method`` one request should hold (None while the cost is unknown): a tenth
+        of a window's budget, one basket's worth. The portal checks each command of a batch against the
+        limit, and a request waits until its whole cost fits; small requests keep the sum close under the
+        threshold all the time (large ones leave it, on average, half a request below), and a command
+        costlier than the last ones did less harm."""
         cost = self.cost(method)
         if cost is None:
             return None
-        return max(1, int(self.threshold * self.limit / (2 * HEADROOM * cost))) if cost > 0 else BATCH_SIZE
+        return max(1, int(self.threshold * self.limit / (10 * HEADROOM * cost))) if cost > 0 else BATCH_SIZE
 
     def _estimate(self, method: str, now: float) -> float:
         """The method's sum now: the last report minus our own events dropped out since. Lock held."""
