@@ -153,6 +153,156 @@ class LeakyBucket:
             self._level = max(self._level, self.capacity)
 
 
+#: Commands are expected to cost up to this much more than the largest recent one (the portal's load varies).
+HEADROOM = 1.25
+
+
+class OperatingBudget:
+    """Each method's operating time as the portal reports it, so calls slow down before a 429.
+
+    The portal sums each method's execution time over ten one-minute baskets (``window``) and refuses
+    (429 ``OPERATION_TIME_LIMIT``) a call when the sum already exceeds its limit (limits.md; 480 s in the
+    docs' example, the real cloud value is not published). Every answer reports the sum for its method
+    (``time.operating``, or ``result_time[key].operating`` per batch command). We keep per method the last
+    reported sum, the rise each answer showed (an event ``(t, seconds)``) and the largest recent rise per
+    command (``cost``). Before sending ``n`` commands of a method, :meth:`reserve` sleeps until
+    ``sum + n * cost`` fits under ``threshold * limit``.
+
+    What drops out of the portal's sum meanwhile is modelled from our own events. A basket starts with a
+    call and holds the calls of the next ``window / 10``; it drops out ``window`` after its start. So an
+    event noted at ``t`` is gone by ``t + window`` at the latest, and was surely still counted in a report
+    made before ``t + 0.9 * window``. Only events surely in the last report and surely gone since are taken
+    off it: the estimate never runs below the portal's own sum. Usage by others of the same webhook shows
+    up in the next report, which replaces the estimate.
+    """
+
+    def __init__(
+        self,
+        limit: float = 480.0,
+        *,
+        threshold: float = 0.9,
+        window: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limit = limit
+        self.threshold = threshold
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._reported: dict[str, tuple[float, float]] = {}  # method -> (sum, reported at)
+        self._events: dict[str, list[tuple[float, float]]] = {}  # method -> [(at, seconds)], oldest first
+        self._costs: dict[str, list[float]] = {}  # method -> the last rises per command
+        self._reserved: dict[str, float] = {}  # seconds sent but not yet answered
+        self.waited = 0.0
+        self.spent: dict[str, float] = {}  # method -> total rise seen (what this run cost the portal)
+
+    def note(self, method: str, timing: Any) -> None:
+        """Record one command's ``time`` object (``operating``, ``operating_reset_at``)."""
+        if not isinstance(timing, dict):
+            return
+        used = timing.get("operating")
+        if not isinstance(used, int | float) or isinstance(used, bool):
+            return
+        now = self._clock()
+        with self._lock:
+            before = self._estimate(method, now)
+            costs = self._costs.setdefault(method, [])
+            # A sum lower than expected: baskets dropped out meanwhile; the call still cost about as usual.
+            rise = float(used) - before if used >= before else (max(costs) if costs else 0.0)
+            rise = max(0.0, rise)
+            costs.append(rise)
+            del costs[:-20]
+            self._events.setdefault(method, []).append((now, rise))
+            self._reported[method] = (float(used), now)
+            self.spent[method] = self.spent.get(method, 0.0) + rise
+
+    def cost(self, method: str) -> float | None:
+        """The largest recent operating time per command of ``method`` (None before any answer)."""
+        with self._lock:
+            costs = self._costs.get(method)
+            return max(costs) if costs else None
+
+    def capacity(self, method: str) -> int | None:
+        """How many commands of ``method`` one request should hold (None while the cost is unknown): a tenth
+        of a window's budget, one basket's worth. The portal checks each command of a batch against the
+        limit, and a request waits until its whole cost fits; small requests keep the sum close under the
+        threshold all the time (large ones leave it, on average, half a request below), and a command
+        costlier than the last ones did less harm."""
+        cost = self.cost(method)
+        if cost is None:
+            return None
+        return max(1, int(self.threshold * self.limit / (10 * HEADROOM * cost))) if cost > 0 else BATCH_SIZE
+
+    def _estimate(self, method: str, now: float) -> float:
+        """The method's sum now: the last report minus our own events dropped out since. Lock held."""
+        reported = self._reported.get(method)
+        if reported is None:
+            return 0.0
+        used, at = reported
+        events = self._events.get(method, [])
+        while events and events[0][0] + self.window <= at:
+            events.pop(0)  # gone before the report: the report does not hold it
+        return max(
+            0.0, used - sum(seconds for t, seconds in self._droppable(events, at) if t + self.window <= now)
+        )
+
+    def _droppable(self, events: list[tuple[float, float]], at: float) -> Iterator[tuple[float, float]]:
+        """The events surely counted in a report made at ``at`` (their basket cannot have dropped yet)."""
+        return (e for e in events if at < e[0] + 0.9 * self.window)
+
+    def delay(self, counts: Mapping[str, int]) -> float:
+        """Seconds to wait before sending ``counts`` commands per method (0: send now)."""
+        now = self._clock()
+        wait = 0.0
+        with self._lock:
+            for method, n in counts.items():
+                costs = self._costs.get(method)
+                if not costs:
+                    continue
+                need = (
+                    self._estimate(method, now) + self._reserved.get(method, 0.0) + n * HEADROOM * max(costs)
+                )
+                if need <= self.threshold * self.limit:
+                    continue
+                # Wait for the first of our own events whose drop-out brings it under; if none does,
+                # (the rest is someone else's use, or one request is bigger than the budget) send anyway:
+                # a 429 then waits for operating_reset_at as before.
+                over = need - self.threshold * self.limit
+                _used, at = self._reported[method]
+                for t, seconds in self._droppable(self._events.get(method, []), at):
+                    if t + self.window > now:
+                        over -= seconds
+                        if over <= 0:
+                            wait = max(wait, t + self.window - now + 0.01)
+                            break
+        return wait
+
+    @contextmanager
+    def reserve(self, counts: Mapping[str, int], sleep: Callable[[float], None]) -> Iterator[None]:
+        """Wait (through ``sleep``) until ``counts`` fit, and hold their expected cost until answered,
+        so that parallel threads do not all spend the same room."""
+        for _ in range(100):  # each wait lets at least one event drop out; 100 is a guard, not a plan
+            wait = self.delay(counts)
+            if wait <= 0:
+                break
+            with self._lock:
+                self.waited += wait
+            log.info(
+                "pacing %s: waiting %.1f s for the portal's operating-time budget", ", ".join(counts), wait
+            )
+            sleep(wait)
+        with self._lock:
+            held = {m: n * max(self._costs.get(m) or [0.0]) for m, n in counts.items()}
+            for m, s in held.items():
+                self._reserved[m] = self._reserved.get(m, 0.0) + s
+        try:
+            yield
+        finally:
+            with self._lock:
+                for m, s in held.items():
+                    self._reserved[m] = max(0.0, self._reserved.get(m, 0.0) - s)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how long to retry transient failures (exponential backoff, full jitter, a cap)."""
@@ -471,6 +621,9 @@ class Client:
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] | None = None,
+        operating_budget: float = 480.0,
+        operating_threshold: float = 0.9,
+        operating_window: float = 600.0,
     ) -> None:
         self.auth = auth
         self.timeout = timeout
@@ -478,6 +631,10 @@ class Client:
         self._clock = clock
         self._injected_sleep = sleep
         self.bucket = LeakyBucket(rate_limit, burst, sleep=self._sleep)
+        # Per-method operating time (limits.md): slow a method down before the portal answers 429.
+        self.operating = OperatingBudget(
+            operating_budget, threshold=operating_threshold, window=operating_window, clock=clock
+        )
         self.retry = retry or RetryPolicy()
         self.session = session or requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(10, 2 * workers + 4), max_retries=0)
@@ -562,17 +719,22 @@ class Client:
             body, credential = self.auth.apply(dict(params or {}))
             url = self.auth.method_url(method)
             try:
-                resp = self._send(
-                    "POST",
-                    url,
-                    json=body,
-                    headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-                    allow_redirects=False,
-                )
-                if resp.status_code in _REDIRECTS:
-                    self._follow_move(url, resp)
-                    continue
-                return self._parse(resp)
+                # The outer batch is not counted in operating time: batch() paces its commands itself.
+                with self.operating.reserve({} if method == "batch" else {method: 1}, self._sleep):
+                    resp = self._send(
+                        "POST",
+                        url,
+                        json=body,
+                        headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+                        allow_redirects=False,
+                    )
+                    if resp.status_code in _REDIRECTS:
+                        self._follow_move(url, resp)
+                        continue
+                    data = self._parse(resp)
+                if method != "batch":
+                    self.operating.note(method, data.get("time"))
+                return data
             except TokenExpired as exc:
                 if renewed:
                     raise AuthError(f"the portal refused the freshly renewed token ({exc})") from None
@@ -723,27 +885,46 @@ class Client:
                 out[pid] = Listing(tuple(images), complete=pid not in start)
         return out
 
-    def batch(self, commands: Mapping[str, str]) -> dict[str, Answer]:
-        """Run up to 50 commands in one ``batch`` call (``halt=0``).
+    def batch(self, commands: Mapping[str, str], *, chained: bool = False) -> dict[str, Answer]:
+        """Run up to 50 commands in one ``batch`` call.
 
         Returns each key's :class:`Answer`: its result (or, for a command that failed, the error as an
         :class:`ImageError`) with the ``total`` and ``next`` of a list command. Commands that failed for
         a reason that may pass (a time limit, a 5xx inside the batch) are sent again in a new batch; an
         error that concerns the whole run (credentials, an unavailable portal) is raised.
+
+        ``chained=True`` is for commands that reference earlier ones (``$result[key][...]``): a failed
+        command is then never sent again on its own, since its references would resolve to nothing and it
+        would read the wrong page. The batch runs with ``halt=1`` and the answers stop at the first failed
+        command: keys after it are absent (not run). A transient failure of the *first* command is retried
+        here (the whole batch again); a transient failure further on returns the answers before it, after
+        the usual wait, and its error (a :class:`TransientError`) as its answer, so that the caller
+        continues the chain from what it got.
+
+        Before each attempt the commands wait for their methods' operating-time budget
+        (:class:`OperatingBudget`); each command's ``result_time`` is noted for it.
         """
         if len(commands) > BATCH_SIZE:
             raise ValueError(f"a batch holds at most {BATCH_SIZE} commands, got {len(commands)}")
+        methods = {key: command.partition("?")[0].strip() for key, command in commands.items()}
         pending = dict(commands)
         out: dict[str, Answer] = {}
         for attempt in range(self.retry.attempts):
             if not pending:
                 break
-            data = self.call("batch", {"halt": 0, "cmd": pending})
+            counts: dict[str, int] = {}
+            for key in pending:
+                counts[methods[key]] = counts.get(methods[key], 0) + 1
+            with self.operating.reserve(counts, self._sleep):
+                data = self.call("batch", {"halt": 1 if chained else 0, "cmd": pending})
             result = data.get("result")
             results = _section(result, "result")
             errors = _section(result, "result_error")
             totals = _section(result, "result_total")
             nexts = _section(result, "result_next")
+            for key, timing in _section(result, "result_time").items():
+                if key in methods:
+                    self.operating.note(methods[key], timing)
             retry_later: dict[str, str] = {}
             worst: TransientError | None = None
             for key, command in pending.items():
@@ -761,16 +942,30 @@ class Client:
                             )
                             or self._reset_at
                         )
+                    if err.fatal or isinstance(err, TokenExpired):
+                        raise err
+                    if chained:
+                        if isinstance(err, TransientError):
+                            if not out:  # nothing came: the whole chain may be sent again as it is
+                                retry_later = dict(pending)
+                                worst = err
+                                break
+                            self._pause(err, attempt, f"a chain of {len(pending)} batch commands")
+                            out[key] = Answer(err)
+                        else:
+                            out[key] = Answer(_as_image_error(err))
+                        return out
                     if isinstance(err, TransientError):
                         retry_later[key] = command
                         if worst is None or isinstance(err, OperationTimeLimit):
                             worst = err
-                    elif err.fatal or isinstance(err, TokenExpired):
-                        raise err
                     else:
                         out[key] = Answer(_as_image_error(err))
                 elif key in results:
                     out[key] = Answer(results[key], _count(totals.get(key)), _count(nexts.get(key)))
+                elif chained:
+                    # Not run (halt=1 after a failure we were not told about): the caller sends it again.
+                    return out
                 else:
                     out[key] = Answer(ImageError("the batch answer has no result for this command"))
             pending = retry_later
@@ -778,6 +973,8 @@ class Client:
                 self._pause(worst, attempt, f"{len(pending)} batch commands")
         for key in pending:
             out[key] = Answer(ImageError("the portal kept failing this command"))
+            if chained:
+                break
         return out
 
     # -- downloads ----------------------------------------------------------------------------------

@@ -22,7 +22,18 @@ from typing import IO, Any, BinaryIO, TextIO
 from .errors import InputError
 from .models import ImageRef
 
-__all__ = ["MAX_ID", "MAX_LINE_BYTES", "STDIN_NAME", "PairSet", "collect_inputs", "iter_csv", "parse_pair"]
+__all__ = [
+    "MAX_ID",
+    "MAX_LINE_BYTES",
+    "STDIN_NAME",
+    "PairSet",
+    "ProductSet",
+    "collect_inputs",
+    "collect_products",
+    "iter_csv",
+    "iter_products_file",
+    "parse_pair",
+]
 
 MAX_ID = 2**63 - 1  # SQLite's INTEGER, and what the portal's ids fit in
 MAX_LINE_BYTES = 64 * 1024
@@ -351,6 +362,196 @@ def collect_inputs(
         for path in csv_paths:
             for ref, _where in iter_csv(path, stdin):
                 found.add(ref)
+    except BaseException:
+        found.close()
+        raise
+    return found
+
+
+# --- product lists (``--products-file``) ---------------------------------------------------------------------
+
+
+def iter_products_file(path: str, stdin: TextIO | BinaryIO | None = None) -> Iterator[tuple[int, str]]:
+    """Yield each product id of a ``--products-file`` with its location (``"ids.txt:7"``); ``"-"`` reads stdin.
+
+    One id a line, or a CSV file whose header row names a ``productId`` or ``product_id`` column (any case,
+    any position, other columns ignored); UTF-8 with or without BOM, comma or semicolon separated (decided
+    from the first non-blank line), blank lines skipped. Streams the file. Raises
+    :class:`~imgsync.errors.InputError` naming file and line at the first bad line, or when there is no id.
+    """
+    stream, name, owned = _open(path, stdin)
+    try:
+        yield from _iter_products(stream, name)
+    finally:
+        if owned:
+            stream.close()
+
+
+def _iter_products(stream: IO[Any], name: str) -> Iterator[tuple[int, str]]:
+    lines = _LineReader(stream, name)
+    head, first = lines.first_nonblank()
+    if first is None:
+        raise InputError(f"{name}: no product ids found")
+    delimiter = ";" if first.count(";") > first.count(",") else ","
+
+    def source() -> Iterator[str]:
+        yield from head
+        yield from lines
+
+    reader = csv.reader(source(), delimiter=delimiter, skipinitialspace=True, strict=True)
+    column: int | None = None  # from a header; None: one id a line
+    seen_first = found = False
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise InputError(f"{name}:{lines.record_start}: not valid CSV: {exc}") from None
+        where = f"{name}:{reader.line_num}"
+        lines.start_record()
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if not seen_first:
+            seen_first = True
+            names = [c.lower() for c in cells]
+            column = next((i for i, c in enumerate(names) if c in _PRODUCT_COLUMNS), None)
+            if column is not None:
+                continue
+            if len(cells) > 1 or _parse_id(cells[0]) is None and not cells[0].isdigit():
+                raise InputError(
+                    f"{where}: expected a header naming productId or product_id, or a product id; "
+                    f"got '{_show(delimiter.join(cells), 60)}'"
+                )
+        if column is None:
+            if len(cells) > 1:
+                raise InputError(f"{where}: expected one product id, got {_columns(len(cells))}")
+            cell = cells[0]
+        else:
+            if len(cells) <= column:
+                raise InputError(
+                    f"{where}: expected a product id in column {column + 1}, got {_columns(len(cells))}"
+                )
+            cell = cells[column]
+        product_id = _parse_id(cell)
+        if product_id is None:
+            raise InputError(f"{where}: product id '{_show(cell)}' is not a positive integer")
+        found = True
+        yield product_id, where
+    if not found:
+        raise InputError(f"{name}: no product ids found")
+
+
+class ProductSet:
+    """Unique product ids in first-seen order, in bounded memory (a private temporary SQLite database, like
+    :class:`PairSet`). Not safe for concurrent use; do not add while iterating over :meth:`chunks`."""
+
+    BATCH = 5000
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            CREATE TABLE products (seq INTEGER PRIMARY KEY, product_id INTEGER NOT NULL UNIQUE);
+            """
+        )
+        self._pending: list[tuple[int]] = []
+        self._added = 0
+        self._unique = 0
+        self._closed = False
+
+    def add(self, product_id: int) -> None:
+        """Add one id; a duplicate of an earlier one is dropped."""
+        self._pending.append((product_id,))
+        if len(self._pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._closed:
+            raise ValueError("ProductSet is closed")
+        with self._db:
+            cursor = self._db.executemany(
+                "INSERT OR IGNORE INTO products (product_id) VALUES (?)", self._pending
+            )
+        self._added += len(self._pending)
+        self._unique += cursor.rowcount
+        self._pending.clear()
+
+    def __len__(self) -> int:
+        """The number of unique ids."""
+        self._flush()
+        return self._unique
+
+    @property
+    def duplicates(self) -> int:
+        """How many ids were dropped as duplicates of earlier ones."""
+        self._flush()
+        return self._added - self._unique
+
+    def __contains__(self, product_id: object) -> bool:
+        if not isinstance(product_id, int):
+            return False
+        self._flush()
+        return (
+            self._db.execute("SELECT 1 FROM products WHERE product_id = ?", (product_id,)).fetchone()
+            is not None
+        )
+
+    def chunks(self, size: int = 50) -> Generator[list[int], None, None]:
+        """Yield the unique ids in first-seen order, ``size`` at a time (the last chunk may be shorter)."""
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._flush()
+        cursor = self._db.execute("SELECT product_id FROM products ORDER BY seq")
+        try:
+            while rows := cursor.fetchmany(size):
+                yield [row[0] for row in rows]
+        finally:
+            cursor.close()
+
+    def __iter__(self) -> Iterator[int]:
+        for chunk in self.chunks(500):
+            yield from chunk
+
+    def close(self) -> None:
+        """Drop the temporary database. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._pending.clear()
+            self._db.close()
+
+    def __enter__(self) -> ProductSet:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def collect_products(
+    paths: Sequence[str], stdin: TextIO | BinaryIO | None = None, *, stdin_used: bool = False
+) -> ProductSet:
+    """Validate every ``--products-file`` and collect the unique product ids, files in order.
+
+    ``-`` reads ``stdin``, at most once overall: pass ``stdin_used=True`` when a ``--csv -`` reads it already.
+    Raises :class:`~imgsync.errors.InputError` at the first bad line. The caller closes the returned set.
+
+    >>> with collect_products(["ids.txt"]) as ids:      # doctest: +SKIP
+    ...     for chunk in ids.chunks(50): ...
+    """
+    if sum(1 for p in paths if p == "-") + (1 if stdin_used and "-" in paths else 0) > 1:
+        raise InputError("stdin ('-') can be read only once")
+    found = ProductSet()
+    try:
+        for path in paths:
+            for product_id, _where in iter_products_file(path, stdin):
+                found.add(product_id)
     except BaseException:
         found.close()
         raise

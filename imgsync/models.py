@@ -262,3 +262,23 @@ class S3Backup:
     s3_etag: str
     last_modified: str
     local_path: str | None = None
+
+
+# --- the whole catalog (``sync --all``; see imgsync/catalog.py) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListedItem:
+    """One item of a trade catalog as ``catalog.product.list`` shows it.
+
+    ``type`` as the docs number it (simple 1, set 2, parent 3/6, variation 4/5, service 7; 0 when the
+    listing did not say); ``parent_id`` is a variation's parent product. ``picture_ids`` are the sorted ids
+    of its ``detailPicture``, ``previewPicture`` and MORE_PHOTO values. Whether these equal the image ids of
+    ``catalog.productImage.list`` is not documented (see ``catalog.id_mismatches``).
+    """
+
+    id: int
+    iblock_id: int
+    type: int = 0
+    parent_id: int | None = None
+    picture_ids: tuple[int, ...] = ()

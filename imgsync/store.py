@@ -32,6 +32,7 @@ from .models import (
     Event,
     ImageRef,
     ImageState,
+    ListedItem,
     Outcome,
     RunStats,
     S3Backup,
@@ -118,9 +119,29 @@ def _m002_run_state(db: sqlite_utils.Database) -> None:
     db.execute("update runs set state = case when finished_at is null then 'crashed' else 'finished' end")
 
 
+def _m003_products(db: sqlite_utils.Database) -> None:
+    # The items `sync --all` lists: what the listing showed, and whether the last complete listing had them.
+    db.table("products").create(
+        {
+            "product_id": int,
+            "iblock_id": int,
+            "type": int,
+            "parent_id": int,
+            "picture_ids": str,  # the listing's picture ids, sorted, comma-separated ("" for none)
+            "status": str,  # listed | gone
+            "first_listed_at": str,
+            "last_listed_at": str,
+            "gone_at": str,
+        },
+        pk="product_id",
+    )
+    db.table("products").create_index(["status", "last_listed_at"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m001_initial),
     (2, "run_state", _m002_run_state),
+    (3, "products", _m003_products),
 ]
 
 
@@ -623,6 +644,84 @@ class Store:
                         yield {"product_id": product_id, "image_id": image_id, "reason": reason, "at": at}
             finally:
                 cursor.close()
+
+    # --- catalog ---
+    # What `sync --all` records of the listing (imgsync/catalog.py lists, the pipeline calls these).
+
+    def save_listed(self, items: Iterable[ListedItem], now: str) -> int:
+        """Record listed items in one transaction: new rows, or rows updated to what the listing showed,
+        ``listed`` again (a gone item that is listed again comes back). Returns the number of items.
+
+        Pass the same ``now`` for every page of one listing, and that value to :meth:`mark_gone_items`."""
+        rows = [
+            (
+                item.id,
+                item.iblock_id,
+                item.type,
+                item.parent_id,
+                ",".join(str(i) for i in sorted(item.picture_ids)),
+                now,
+                now,
+            )
+            for item in items
+        ]
+        with self._writing() as conn:
+            conn.executemany(
+                "insert into products (product_id, iblock_id, type, parent_id, picture_ids, status, "
+                "first_listed_at, last_listed_at) values (?, ?, ?, ?, ?, 'listed', ?, ?) "
+                "on conflict(product_id) do update set iblock_id = excluded.iblock_id, type = excluded.type, "
+                "parent_id = excluded.parent_id, picture_ids = excluded.picture_ids, status = 'listed', "
+                "last_listed_at = excluded.last_listed_at, gone_at = null",
+                rows,
+            )
+        return len(rows)
+
+    def recorded_pictures(self, item_ids: Sequence[int]) -> dict[int, set[int]]:
+        """The image ids recorded with status ``ok`` per item (items without one are left out)."""
+        out: dict[int, set[int]] = {}
+        ids = list(dict.fromkeys(item_ids))
+        with self._lock:
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                rows = self.db.execute(
+                    f"select product_id, image_id from images where status = 'ok' and product_id in "
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for product_id, image_id in rows.fetchall():
+                    out.setdefault(product_id, set()).add(image_id)
+        return out
+
+    def mark_gone_items(self, seen_since: str, now: str) -> int:
+        """After a COMPLETE listing that began at ``seen_since``: mark ``gone`` (``gone_at = now``) every
+        listed item it did not show. Never call it after an incomplete listing. Returns how many."""
+        with self._writing() as conn:
+            cursor = conn.execute(
+                "update products set status = 'gone', gone_at = ? where status = 'listed' and last_listed_at < ?",
+                [now, seen_since],
+            )
+        return cursor.rowcount
+
+    def iter_gone_items(self, gone_at: str, size: int = 500) -> Iterator[list[int]]:
+        """The ids of items marked gone at ``gone_at``, ``size`` at a time (their images become missing).
+        The lock is not held between chunks, so the caller may write meanwhile."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self.db.execute(
+                    "select product_id from products where status = 'gone' and gone_at = ? and product_id > ? "
+                    "order by product_id limit ?",
+                    [gone_at, last, size],
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [row[0] for row in rows]
+
+    def listed_items(self) -> int:
+        """Items the last complete listing showed (``status = 'listed'``); ``catalog_size`` counts gone ones too."""
+        with self._lock:
+            return int(self.db.execute("select count(*) from products where status = 'listed'").fetchone()[0])
 
 
 _REPLACING = "a newer version was being downloaded when the run stopped"

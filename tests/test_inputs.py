@@ -5,7 +5,15 @@ import tracemalloc
 import pytest
 
 from imgsync.errors import InputError
-from imgsync.inputs import PairSet, collect_inputs, iter_csv, parse_pair
+from imgsync.inputs import (
+    PairSet,
+    ProductSet,
+    collect_inputs,
+    collect_products,
+    iter_csv,
+    iter_products_file,
+    parse_pair,
+)
 from imgsync.models import ImageRef
 
 
@@ -408,3 +416,131 @@ def test_collect_inputs_closes_its_pairset_on_error(in_tmp, monkeypatch):
     with pytest.raises(InputError):
         collect_inputs(["1:1"], ["missing.csv"])
     assert len(closed) == 1
+
+
+# --- --products-file -----------------------------------------------------------------------------------------
+
+
+def products(path: str, stdin=None) -> list[tuple[int, str]]:
+    return list(iter_products_file(path, stdin))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12\n345\n", [(12, "ids.txt:1"), (345, "ids.txt:2")]),
+        ("\n 12 \n\n345\n", [(12, "ids.txt:2"), (345, "ids.txt:4")]),  # blank lines skipped, counted
+        ("12\r\n345", [(12, "ids.txt:1"), (345, "ids.txt:2")]),
+        ('"12"\n', [(12, "ids.txt:1")]),
+        ("productId\n12\n", [(12, "ids.txt:2")]),
+        ("name,PRODUCT_ID,price\nA,12,3.5\n\nB,345,\n", [(12, "ids.txt:2"), (345, "ids.txt:4")]),
+        ("name;ProductId\nA;12\n", [(12, "ids.txt:2")]),
+        ('product_id,name\n12,"a, b"\n', [(12, "ids.txt:2")]),
+        ("\ufeffproductId\n12\n", [(12, "ids.txt:2")]),
+        ("\ufeff12\n", [(12, "ids.txt:1")]),
+        ("12\n12\n", [(12, "ids.txt:1"), (12, "ids.txt:2")]),  # the set drops the duplicate, not the reader
+    ],
+)
+def test_products_file_forms(in_tmp, text, expected):
+    assert products(csv_file(in_tmp, text, "ids.txt")) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("12\nabc\n", "ids.txt:2: product id 'abc' is not a positive integer"),
+        ("12\n0\n", "ids.txt:2: product id '0' is not a positive integer"),
+        ("12\n-3\n", "ids.txt:2: product id '-3' is not a positive integer"),
+        ("12\n1e3\n", "ids.txt:2: product id '1e3' is not a positive integer"),
+        (f"{2**63}\n", f"ids.txt:1: product id '{2**63}' is not a positive integer"),
+        ("12\n12,13\n", "ids.txt:2: expected one product id, got 2 columns"),
+        (
+            "abc\n12\n",
+            "ids.txt:1: expected a header naming productId or product_id, or a product id; got 'abc'",
+        ),
+        (
+            "name,id\nA,12\n",
+            "ids.txt:1: expected a header naming productId or product_id, or a product id; got 'name,id'",
+        ),
+        ("name,productId\nA,x\n", "ids.txt:2: product id 'x' is not a positive integer"),
+        ("name,productId\nA\n", "ids.txt:2: expected a product id in column 2, got 1 column"),
+        ("productId\n\n\n", "ids.txt: no product ids found"),
+        ("\n\n", "ids.txt: no product ids found"),
+        ("", "ids.txt: no product ids found"),
+        ('12\n"34\n', "ids.txt:2: not valid CSV: unexpected end of data"),
+    ],
+)
+def test_products_file_errors(in_tmp, text, message):
+    with pytest.raises(InputError, match=exactly(message)):
+        products(csv_file(in_tmp, text, "ids.txt"))
+
+
+def test_products_file_not_utf8_and_missing(in_tmp):
+    with pytest.raises(InputError, match=exactly("ids.txt:2: not valid UTF-8 text")):
+        products(csv_file(in_tmp, b"12\n\xff\n", "ids.txt"))
+    with pytest.raises(InputError, match=exactly("cannot read nope.txt: No such file or directory")):
+        products("nope.txt")
+
+
+def test_products_from_stdin():
+    assert products("-", io.BytesIO(b"\xef\xbb\xbfproduct_id;x\n7;a\n")) == [(7, "<stdin>:2")]
+    with pytest.raises(InputError, match=exactly("<stdin>: no product ids found")):
+        products("-", io.BytesIO(b""))
+
+
+def test_collect_products_dedups_in_first_seen_order(in_tmp):
+    a = csv_file(in_tmp, "5\n3\n5\n", "a.txt")
+    b = csv_file(in_tmp, "productId\n3\n9\n", "b.csv")
+    with collect_products([a, b]) as found:
+        assert (len(found), found.duplicates, list(found)) == (3, 2, [5, 3, 9])
+        assert 9 in found and 4 not in found and "9" not in found
+
+
+def test_collect_products_reads_stdin_once(in_tmp):
+    with pytest.raises(InputError, match=exactly("stdin ('-') can be read only once")):
+        collect_products(["-", "-"], io.BytesIO(b"1\n"))
+    with pytest.raises(InputError, match=exactly("stdin ('-') can be read only once")):
+        collect_products(["-"], io.BytesIO(b"1\n"), stdin_used=True)  # --csv - read it already
+    with collect_products(["-"], io.BytesIO(b"1\n")) as found:
+        assert list(found) == [1]
+
+
+def test_collect_products_stops_at_the_first_bad_line_and_closes(in_tmp, monkeypatch):
+    closed = []
+    real_close = ProductSet.close
+    monkeypatch.setattr(ProductSet, "close", lambda self: (closed.append(self), real_close(self)))
+    good = csv_file(in_tmp, "1\n", "a.txt")
+    bad = csv_file(in_tmp, "2\nx\n", "b.txt")
+    with pytest.raises(InputError, match=exactly("b.txt:2: product id 'x' is not a positive integer")):
+        collect_products([good, bad])
+    assert len(closed) == 1
+
+
+def test_productset_chunks_across_batches():
+    with ProductSet() as found:
+        for product_id in [*range(ProductSet.BATCH * 2 + 7, 0, -1), 1, 2, 3]:
+            found.add(product_id)
+        chunks = list(found.chunks(50))
+        assert len(found) == ProductSet.BATCH * 2 + 7 and found.duplicates == 3
+        assert [len(c) for c in chunks[:1]] == [50] and len(chunks[-1]) == (ProductSet.BATCH * 2 + 7) % 50
+        assert chunks[0][:3] == [ProductSet.BATCH * 2 + 7, ProductSet.BATCH * 2 + 6, ProductSet.BATCH * 2 + 5]
+        with pytest.raises(ValueError, match="size must be at least 1"):
+            next(found.chunks(0))
+    with pytest.raises(ValueError, match="ProductSet is closed"):
+        for product_id in [1] * ProductSet.BATCH:
+            found.add(product_id)
+
+
+def test_products_file_streams_with_flat_memory(in_tmp):
+    path = in_tmp / "many.txt"
+    with path.open("w") as handle:
+        for n in range(1, 200_001):
+            handle.write(f"{n}\n")
+    tracemalloc.start()
+    try:
+        with collect_products(["many.txt"]) as found:
+            assert len(found) == 200_000
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 1024 * 1024  # a list of 200,000 ints alone would be about 7 MB

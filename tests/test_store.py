@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imgsync.errors import AlreadyRunning
-from imgsync.models import Event, ImageRef, Outcome, PortalImage
+from imgsync.models import Event, ImageRef, ListedItem, Outcome, PortalImage
 from imgsync.store import MIGRATIONS, Store, run_lock
 
 
@@ -128,3 +128,84 @@ def test_a_migration_that_fails_halfway_leaves_nothing_behind(
     con = sqlite3.connect(db_path)
     assert 99 in {r[0] for r in con.execute("select id from _migrations")}
     con.close()
+
+
+# --- catalog ---
+
+
+def test_the_products_table_of_migration_3(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db"):
+        pass
+    con = sqlite3.connect(tmp_path / "s.db")
+    info = list(con.execute("pragma table_info(products)"))
+    assert [r[1] for r in info] == [
+        "product_id",
+        "iblock_id",
+        "type",
+        "parent_id",
+        "picture_ids",
+        "status",
+        "first_listed_at",
+        "last_listed_at",
+        "gone_at",
+    ]
+    assert [r[1] for r in info if r[5]] == ["product_id"]
+    con.close()
+
+
+def products_rows(store: Store) -> list[tuple]:
+    return store.db.execute(
+        "select product_id, iblock_id, type, parent_id, picture_ids, status, first_listed_at, last_listed_at, "
+        "gone_at from products order by product_id"
+    ).fetchall()
+
+
+def test_listed_items_are_upserted_and_unlisted_ones_marked_gone(tmp_path: Path) -> None:
+    t1, t2, t3 = "2024-10-17T10:00:00Z", "2024-10-18T10:00:00Z", "2024-10-18T10:05:00Z"
+    with Store(tmp_path / "s.db") as store:
+        assert store.catalog_size() is None and store.listed_items() == 0
+        first = [ListedItem(1, 23, 1, None, (6, 5)), ListedItem(2, 23, 3), ListedItem(3, 25, 4, 2, (9,))]
+        assert store.save_listed(first, t1) == 3
+        # The next complete listing: 1 changed its pictures, 2 is not listed any more, 4 is new.
+        store.save_listed([ListedItem(1, 23, 1, None, (7,)), ListedItem(3, 25, 4, 2, (9,))], t2)
+        store.save_listed([ListedItem(4, 23, 7)], t2)
+        assert store.mark_gone_items(t2, t3) == 1
+        assert products_rows(store) == [
+            (1, 23, 1, None, "7", "listed", t1, t2, None),
+            (2, 23, 3, None, "", "gone", t1, t1, t3),
+            (3, 25, 4, 2, "9", "listed", t1, t2, None),
+            (4, 23, 7, None, "", "listed", t2, t2, None),
+        ]
+        assert list(store.iter_gone_items(t3)) == [[2]] and list(store.iter_gone_items(t2)) == []
+        assert store.mark_gone_items(t2, t3) == 0  # gone once
+        assert store.catalog_size() == 4 and store.listed_items() == 3
+        # Listed again: back, and no longer gone.
+        store.save_listed([ListedItem(2, 23, 3, None, (11, 10))], t3)
+        assert products_rows(store)[1] == (2, 23, 3, None, "10,11", "listed", t1, t3, None)
+
+
+def test_recorded_pictures_are_the_ok_images_per_item(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        image = PortalImage(0, 0, "a.jpg", "MORE_PHOTO", "", "", "")
+
+        def outcome(p: int, i: int, status: str) -> Outcome:
+            if status == "ok":
+                return Outcome(ImageRef(p, i), Event.DOWNLOADED, image=image, sha256="aa", size=1)
+            return Outcome(ImageRef(p, i), Event.MISSING if status == "missing" else Event.FAILED, "x")
+
+        outcomes = [
+            outcome(p, i, status)
+            for p, i, status in [
+                (1, 10, "ok"),
+                (1, 11, "ok"),
+                (1, 12, "failed"),
+                (2, 20, "missing"),
+                (3, 30, "ok"),
+            ]
+        ]
+        outcomes += [outcome(5000 + n, 1, "ok") for n in range(1200)]
+        store.save(None, outcomes)
+        assert store.recorded_pictures([1, 2, 3, 4, 1]) == {1: {10, 11}, 3: {30}}
+        many = store.recorded_pictures(list(range(5000, 6200)))  # more ids than one query takes
+        assert len(many) == 1200 and many[6199] == {1}
+        assert store.recorded_pictures([]) == {}
