@@ -256,6 +256,18 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
     help="Every image of this product (repeatable).",
 )
 @click.option(
+    "--products-file",
+    "products_files",
+    multiple=True,
+    metavar="PATH",
+    help="Product ids, one a line, or a CSV with a productId column (repeatable; - reads stdin).",
+)
+@click.option("--all", "all_items", is_flag=True, help="Every image of every item of the portal's catalogs.")
+@click.option(
+    "--deep", is_flag=True, help="With --all: ask every item's images, even those listed as recorded."
+)
+@click.option("--recorded", is_flag=True, help="Every image the state database records.")
+@click.option(
     "--webhook", default=None, metavar="URL", help="Incoming webhook URL (https://portal/rest/1/code/)."
 )
 @click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the files go to.")
@@ -317,6 +329,10 @@ def sync(
     pairs: tuple[str, ...],
     csv_paths: tuple[str, ...],
     products: tuple[int, ...],
+    products_files: tuple[str, ...],
+    all_items: bool,
+    deep: bool,
+    recorded: bool,
     webhook: str | None,
     dest: str | None,
     db: str | None,
@@ -341,8 +357,13 @@ def sync(
     more_quiet: bool,
 ) -> None:
     """Fetch metadata, download new or changed images, record them, optionally upload to S3."""
-    if not (pairs or csv_paths or products):
-        raise click.UsageError("nothing to sync: give PRODUCT_ID:IMAGE_ID pairs, --csv PATH or --product ID")
+    if not (pairs or csv_paths or products or products_files or all_items or recorded):
+        raise click.UsageError(
+            "nothing to sync: give PRODUCT_ID:IMAGE_ID pairs, --csv PATH, --product ID, --products-file PATH, "
+            "--all or --recorded"
+        )
+    if deep and not all_items:
+        raise click.UsageError("--deep goes with --all")
     show_bar = sys.stderr.isatty() if progress is None else progress
     if more_verbose or more_quiet:
         ctx.obj["verbose"] += more_verbose
@@ -396,6 +417,10 @@ def sync(
                 pairs=pairs,
                 csv_paths=csv_paths,
                 products=products,
+                products_files=products_files,
+                all=all_items,
+                deep=deep,
+                recorded=recorded,
                 force=force,
                 dry_run=dry_run,
                 stdin=sys.stdin.buffer,

@@ -16,19 +16,30 @@ import time
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import requests
 
 from .bitrix import BATCH_SIZE, Auth, Client, OAuth, WebhookAuth
+from .catalog import CatalogListing, ListingIncomplete, id_mismatches, plan_items
 from .config import Settings, validate_for_sync
 from .errors import ConfigError
-from .inputs import PairSet, collect_inputs
-from .models import ImageRef
+from .inputs import PairSet, ProductSet, collect_inputs, collect_products
+from .models import Action, ImageRef
 from .store import Store, run_lock
-from .sync import Plan, ProductChunk, Summary, Syncer, SyncOptions, Uploader
+from .sync import (
+    Plan,
+    PlannedChunk,
+    ProductChunk,
+    Summary,
+    Syncer,
+    SyncOptions,
+    Uploader,
+    backed_up_as_recorded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +51,10 @@ class Request:
     pairs: Sequence[str] = ()
     csv_paths: Sequence[str] = ()
     products: Sequence[int] = ()
+    products_files: Sequence[str] = ()
+    all: bool = False  # every item of the portal's trade catalogs
+    deep: bool = False  # with ``all``: ask every item's images, even those listed as recorded
+    recorded: bool = False  # every image the state database records
     force: bool = False
     dry_run: bool = False
     stdin: TextIO | BinaryIO | None = None
@@ -152,7 +167,16 @@ def run_sync(
         )
     with ExitStack() as stack:
         # 1. Every input is read and validated before anything else happens, and so is dest.
+        if request.deep and not request.all:
+            raise ConfigError("--deep goes with --all")
         pairs: PairSet = stack.enter_context(collect_inputs(request.pairs, request.csv_paths, request.stdin))
+        products: ProductSet = stack.enter_context(
+            collect_products(request.products_files, request.stdin, stdin_used="-" in request.csv_paths)
+            if request.products_files
+            else ProductSet()
+        )
+        for product_id in request.products:
+            products.add(product_id)
         check_dest(settings.dest, create=not request.dry_run)
         if not request.dry_run:
             stack.enter_context(run_lock(settings.db))
@@ -193,11 +217,16 @@ def run_sync(
             stop=stop,
         )
         syncer.progress_bytes = progress.add_bytes  # ops: bytes for the progress line
+        if request.recorded:
+            # In work order (never backed up, failed, checked longest ago), copied out before the run writes.
+            for ref in store.iter_refs_in_work_order():
+                pairs.add(ref)
         progress.total(len(pairs))
         log.info(
-            "%d images to check%s (%d duplicate pairs skipped)%s",
+            "%d images to check%s%s (%d duplicate pairs skipped)%s",
             len(pairs),
-            f", and every image of {len(set(request.products))} products" if request.products else "",
+            f", and every image of {len(products)} products" if len(products) else "",
+            ", and every item of the catalog" if request.all else "",
             pairs.duplicates,
             " [dry run]" if request.dry_run else "",
         )
@@ -207,10 +236,12 @@ def run_sync(
         stack.callback(chunks.close)
         if not request.dry_run:  # ops: retention, once the run is over (also when it failed), lock still held
             stack.callback(store.prune_events, settings.keep_events_days)
-        return syncer.run(
-            chain(chunks, product_chunks(request.products, pairs)),
-            total=None if request.products else len(pairs),
-        )
+        product_ids = products.chunks(BATCH_SIZE)
+        stack.callback(product_ids.close)
+        sources: list[Iterator[Any]] = [chunks, (ProductChunk(tuple(ids), pairs) for ids in product_ids)]
+        if request.all:
+            sources.append(catalog_chunks(client, store, opts, pairs, deep=request.deep))
+        return syncer.run(chain(*sources), total=None if len(products) or request.all else len(pairs))
     raise AssertionError("unreachable")
 
 
@@ -237,8 +268,73 @@ def check_dest(dest: Path, *, create: bool) -> None:
         raise ConfigError(f"storage.dest {dest}: cannot write there ({exc.strerror or exc})") from None
 
 
-def product_chunks(products: Sequence[int], named: Container[ImageRef] = ()) -> Iterator[ProductChunk]:
-    """Products in chunks of 50, each listed by one ``batch`` call when its turn comes (fresh links)."""
-    unique = tuple(dict.fromkeys(products))
-    for start in range(0, len(unique), BATCH_SIZE):
-        yield ProductChunk(unique[start : start + BATCH_SIZE], named)
+def catalog_chunks(
+    client: Client, store: Store, opts: SyncOptions, named: Container[ImageRef], *, deep: bool
+) -> Iterator[ProductChunk | PlannedChunk]:
+    """``sync --all``: the catalog's listing, page by page, turned into work (notes §12).
+
+    An item whose listing shows exactly the picture ids recorded for it, each backed up, is unchanged
+    without a call; every other item's images come from ``catalog.productImage.list`` (a
+    :class:`ProductChunk`, the usual plan and execute path). Once the listing is complete, the images of
+    items no longer listed become missing (files kept). Nothing is concluded from a listing that was cut
+    short or failed: that is a failure of the run, and nothing is marked gone.
+    """
+    listing = CatalogListing(client)
+    # To the microsecond: what this listing did not touch is what an earlier one listed, even a second ago.
+    seen_since = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    compared = mismatched = 0
+    try:
+        for page in listing.pages():
+            if not opts.dry_run:
+                store.save_listed(page, seen_since)
+            rows = store.rows_of_products([item.id for item in page])
+            recorded = {pid: {r.image_id for r in found if r.status == "ok"} for pid, found in rows.items()}
+            needs_call, as_listed = plan_items(page, recorded, deep)
+            pair_count, misses = id_mismatches(page, recorded)
+            compared, mismatched = compared + pair_count, mismatched + misses
+            unchanged: list[Plan] = []
+            for item in as_listed:
+                item_rows = rows.get(item.id, [])
+                if all(backed_up_as_recorded(row, opts) for row in item_rows if row.status == "ok"):
+                    unchanged += [
+                        Plan(row.ref, Action.UNCHANGED, "unchanged (as listed)", None, row)
+                        for row in item_rows
+                        if row.status == "ok" and row.ref not in named
+                    ]
+                else:
+                    needs_call.append(item.id)  # a backup went missing: fetch fresh links for it
+            if unchanged:
+                yield PlannedChunk(tuple(unchanged))
+            if needs_call:
+                yield ProductChunk(tuple(needs_call), named)
+    except ListingIncomplete as exc:
+        log.error("the catalog listing is incomplete (%s): nothing is marked missing", exc.message)
+        yield PlannedChunk(
+            (Plan(ImageRef(0, 0), Action.FAILED, f"catalog listing incomplete: {exc.message}"),)
+        )
+        return
+    if compared and mismatched == compared:
+        log.info(
+            "the listing's picture ids never match the recorded image ids (%d items compared): every item "
+            "costs a catalog.productImage.list call; the backup stays right, only slower",
+            compared,
+        )
+    if opts.dry_run:
+        return
+    gone_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if store.mark_gone_items(seen_since, gone_at):
+        for ids in store.iter_gone_items(gone_at):
+            gone = [
+                Plan(
+                    row.ref,
+                    Action.MISSING,
+                    "its item is no longer in the catalog; the backup is kept",
+                    None,
+                    row,
+                )
+                for rows in store.rows_of_products(ids).values()
+                for row in rows
+                if row.status != "missing"
+            ]
+            if gone:
+                yield PlannedChunk(tuple(gone))

@@ -259,6 +259,38 @@ class Store:
             rows = self.db.query("select * from images where product_id = ? order by image_id", [product_id])
             return [_stored(r) for r in rows]
 
+    def rows_of_products(self, product_ids: Sequence[int]) -> dict[int, list[StoredImage]]:
+        """The recorded rows of these products, by product (products with none are left out)."""
+        out: dict[int, list[StoredImage]] = {}
+        ids = list(dict.fromkeys(product_ids))
+        with self._lock:
+            for at in range(0, len(ids), 500):
+                part = ids[at : at + 500]
+                rows = self.db.query(
+                    f"select * from images where product_id in ({', '.join('?' * len(part))}) "
+                    "order by product_id, image_id",
+                    part,
+                )
+                for r in rows:
+                    out.setdefault(r["product_id"], []).append(_stored(r))
+        return out
+
+    def iter_refs_in_work_order(self) -> Iterator[ImageRef]:
+        """Every recorded image, in the order a capped run should take them: never backed up first, then
+        failed ones, then those checked longest ago (so nightly capped runs rotate through the catalog).
+        The caller copies them out (a private table), so no cursor stays open while the run writes."""
+        cursor = self.db.execute(
+            "select product_id, image_id from images order by "
+            "case when sha256 is null then 0 when status = 'failed' then 1 else 2 end, "
+            "coalesce(last_checked_at, ''), product_id, image_id"
+        )
+        try:
+            while batch := cursor.fetchmany(1000):
+                for product_id, image_id in batch:
+                    yield ImageRef(product_id, image_id)
+        finally:
+            cursor.close()
+
     def iter_backups(self) -> Iterator[StoredImage]:
         """Rows that record a backup (a local file or an S3 object), in id order, streamed."""
         cursor = self.db.execute(

@@ -104,6 +104,14 @@ class ProductChunk:
 
 
 @dataclass(frozen=True)
+class PlannedChunk:
+    """Plans decided without a call to the portal (an item listed as it was recorded, images of items
+    gone from the catalog): executed as they come, no ``batch`` of their own."""
+
+    plans: tuple[Plan, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     """The decision for one image, with the reason a person reads in ``--dry-run``.
 
@@ -235,9 +243,7 @@ def decide(
     ]
     if changed:
         return plan(Action.DOWNLOAD, "changed: " + ", ".join(changed))
-    local_file = inside_dest(opts.dest, row.local_path)
-    local = local_file is not None and file_matches(local_file, row.size)
-    in_s3 = row.s3 is not None and row.s3.sha256 == row.sha256 and row.s3.key == key
+    local, in_s3 = backup_state(row, key, opts)
     if opts.keep_local and not local:
         return plan(Action.DOWNLOAD, "local file missing or of another size")
     if opts.uploader is not None and not in_s3:
@@ -247,6 +253,29 @@ def decide(
     if not opts.keep_local and not local and not in_s3:
         return plan(Action.DOWNLOAD, "no backup present")
     return plan(Action.UNCHANGED, "unchanged")
+
+
+def backup_state(row: StoredImage, key: str | None, opts: SyncOptions) -> tuple[bool, bool]:
+    """(the local file is there with the recorded size, the recorded S3 object is the one at ``key``)."""
+    local_file = inside_dest(opts.dest, row.local_path)
+    local = local_file is not None and file_matches(local_file, row.size)
+    in_s3 = row.s3 is not None and row.s3.sha256 == row.sha256 and row.s3.key == key
+    return local, in_s3
+
+
+def backed_up_as_recorded(row: StoredImage, opts: SyncOptions) -> bool:
+    """The skip rule's half that needs no metadata: the row is ``ok`` and its backup is present. For an
+    item whose listing shows exactly its recorded pictures (``sync --all``), that is all there is to check."""
+    if row.status != "ok" or not row.sha256:
+        return False
+    relative = relative_path(row.ref, row.name)
+    key = opts.uploader.key_for(relative) if opts.uploader is not None else None
+    local, in_s3 = backup_state(row, key, opts)
+    if opts.keep_local and not local:
+        return False
+    if opts.uploader is not None and not in_s3:
+        return False
+    return local or in_s3
 
 
 class Syncer:
@@ -422,6 +451,11 @@ class Syncer:
                     if chunk is None:
                         exhausted = True
                         break
+                    if isinstance(chunk, PlannedChunk):
+                        self.progress_extend(len(chunk.plans))
+                        for plan in chunk.plans:
+                            self._handle_plan(plan, (work, work_pool))
+                        continue
                     cap = self._cap()
                     if cap is not None:
                         # No new work: what is in flight finishes, this chunk and the rest are deferred.
