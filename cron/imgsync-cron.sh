@@ -4,7 +4,7 @@
 #   imgsync-cron.sh [ENV_FILE]        (default: /etc/imgsync/imgsync.env)
 #
 # The env file sets IMGSYNC_* variables (see imgsync.env.example) plus IMGSYNC_CSV, the pairs to back up,
-# or IMGSYNC_PRODUCTS, a space-separated list of product ids. The summary line goes to IMGSYNC_LOG
+# or IMGSYNC_PRODUCTS, a space-separated list of product ids, and/or IMGSYNC_SYNC_ARGS (e.g. "--all"). The summary line goes to IMGSYNC_LOG
 # (default: /var/log/imgsync/summary.jsonl), one JSON object per run: {"at": <start time>, "exit_code": N,
 # "summary": <imgsync's --json object, or null>}.
 #
@@ -66,6 +66,9 @@ mkdir -p "$(dirname "$log")"
 args=(sync --json --quiet --no-progress)
 [ -n "${IMGSYNC_CSV:-}" ] && args+=(--csv "$IMGSYNC_CSV")
 for product in ${IMGSYNC_PRODUCTS:-}; do args+=(--product "$product"); done
+# IMGSYNC_SYNC_ARGS: more sync arguments, split on spaces, e.g. "--all" or "--all --deep --max-duration 5h".
+# shellcheck disable=SC2206
+[ -n "${IMGSYNC_SYNC_ARGS:-}" ] && args+=(${IMGSYNC_SYNC_ARGS})
 
 # The time the run started, not the time it ended: a run of hours is logged under the night it began.
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)

@@ -579,6 +579,7 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, faile
             counts = store.counts_by_status()
             runs = store.last_runs(n_runs)
             _backed_up, bytes_ok = store.totals()
+            catalog = store.listed_items() if store.catalog_size() else None
         if as_json:
             click.echo(
                 json.dumps(
@@ -587,6 +588,7 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, faile
                         "images": counts,
                         "total": sum(counts.values()),
                         "bytes_ok": bytes_ok,
+                        "catalog_items": catalog,
                         "runs": runs,
                     }
                 )
@@ -594,6 +596,8 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, faile
             return
         click.echo(f"database: {settings.db}")
         click.echo(f"images:   {sum(counts.values())} ({bytes_ok} bytes backed up)")
+        if catalog is not None:
+            click.echo(f"catalog:  {catalog} items listed by the last sync --all")
         for name, n in counts.items():
             click.echo(f"  {name:<8} {n}")
         if runs:

@@ -138,10 +138,23 @@ def _m003_products(db: sqlite_utils.Database) -> None:
     db.table("products").create_index(["status", "last_listed_at"])
 
 
+#: The counts of the ``--json`` summary a ``runs`` row holds beyond the first ones (migration 4).
+RUN_TOTALS = ("complete", "deferred", "bytes_downloaded", "bytes_uploaded", "requests", "retries")
+
+
+def _m004_run_totals(db: sqlite_utils.Database) -> None:
+    # The rest of the JSON summary's counts, and an index for the report's "most recently changed" (it
+    # scanned the whole table at 10^6 rows without it).
+    for column in RUN_TOTALS:
+        db.table("runs").add_column(column, int)
+    db.table("images").create_index(["last_changed_at"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m001_initial),
     (2, "run_state", _m002_run_state),
     (3, "products", _m003_products),
+    (4, "run_totals", _m004_run_totals),
 ]
 
 
@@ -384,8 +397,18 @@ class Store:
     def finish_run(self, run_id: int, counts: dict[str, Any], exit_code: int, error: str = "") -> None:
         fields = {
             k: counts.get(k)
-            for k in ("requested", "downloaded", "unchanged", "uploaded", "missing", "failed", "duration_s")
+            for k in (
+                "requested",
+                "downloaded",
+                "unchanged",
+                "uploaded",
+                "missing",
+                "failed",
+                "duration_s",
+                *RUN_TOTALS,
+            )
         }
+        fields["complete"] = int(bool(counts.get("complete", True)))
         with self._writing():
             self.db.table("runs").update(
                 run_id,

@@ -9,7 +9,7 @@ import pytest
 
 from imgsync.errors import AlreadyRunning
 from imgsync.models import Event, ImageRef, ListedItem, Outcome, PortalImage
-from imgsync.store import MIGRATIONS, Store, run_lock
+from imgsync.store import MIGRATIONS, RUN_TOTALS, Store, run_lock
 
 
 def test_blank_database_gets_the_final_schema(tmp_path: Path) -> None:
@@ -209,3 +209,79 @@ def test_recorded_pictures_are_the_ok_images_per_item(tmp_path: Path) -> None:
         many = store.recorded_pictures(list(range(5000, 6200)))  # more ids than one query takes
         assert len(many) == 1200 and many[6199] == {1}
         assert store.recorded_pictures([]) == {}
+
+
+def test_a_fresh_database_has_exactly_this_schema(tmp_path: Path) -> None:
+    """Every table, column, type and primary key of a freshly migrated database (as simonw/llm's
+    test_migrate does): a migration that adds, drops or retypes a column must change this test too."""
+    Store(tmp_path / "fresh.db").close()
+    con = sqlite3.connect(tmp_path / "fresh.db")
+    tables = {
+        name: [(r[1], r[2], r[5]) for r in con.execute(f"pragma table_info({name})")]
+        for (name,) in con.execute("select name from sqlite_master where type = 'table' order by name")
+    }
+    indexes = {r[0] for r in con.execute("select name from sqlite_master where type = 'index'")}
+    con.close()
+    text, integer = "TEXT", "INTEGER"
+    assert tables == {
+        "_migrations": [("id", integer, 1), ("name", text, 0), ("applied_at", text, 0)],
+        "images": [
+            ("product_id", integer, 1),
+            ("image_id", integer, 2),
+            *((c, text, 0) for c in ("name", "type", "create_time", "detail_url", "sha256")),
+            ("size", integer, 0),
+            *(
+                (c, text, 0)
+                for c in (
+                    "content_type",
+                    "local_path",
+                    "s3_key",
+                    "s3_etag",
+                    "s3_sha256",
+                    "status",
+                    "error",
+                    "first_synced_at",
+                    "last_checked_at",
+                    "last_changed_at",
+                )
+            ),
+        ],
+        "runs": [
+            ("id", integer, 1),
+            ("started_at", text, 0),
+            ("finished_at", text, 0),
+            *((c, integer, 0) for c in ("exit_code", "requested", "downloaded", "unchanged", "uploaded")),
+            *((c, integer, 0) for c in ("missing", "failed")),
+            ("duration_s", "REAL", 0),
+            ("error", text, 0),
+            ("state", text, 0),
+            *((c, integer, 0) for c in RUN_TOTALS),
+        ],
+        "events": [
+            ("id", integer, 1),
+            ("run_id", integer, 0),
+            ("product_id", integer, 0),
+            ("image_id", integer, 0),
+            ("action", text, 0),
+            ("detail", text, 0),
+            ("at", text, 0),
+        ],
+        "oauth_tokens": [("key", text, 1), *((c, text, 0) for c in ("access_token", "refresh_token", "seed"))]
+        + [("updated_at", text, 0)],
+        "products": [
+            ("product_id", integer, 1),
+            ("iblock_id", integer, 0),
+            ("type", integer, 0),
+            ("parent_id", integer, 0),
+            *(
+                (c, text, 0)
+                for c in ("picture_ids", "status", "first_listed_at", "last_listed_at", "gone_at")
+            ),
+        ],
+    }
+    assert indexes >= {
+        "idx_images_status",
+        "idx_images_last_changed_at",
+        "idx_events_run_id",
+        "idx_events_product_id_image_id",
+    }

@@ -55,6 +55,8 @@ def test_cold_then_warm_all(env: Env, shop: Portal) -> None:
         assert summary["downloaded"] == n_images == portal.stats.downloads_served  # each exactly once
         backed_up(env, portal)
         assert len(env.rows("products")) == n_items
+        status = invoke(["status", "--db", str(env.db)])
+        assert f"catalog:  {n_items} items listed by the last sync --all" in status.stdout
 
         portal.reset_stats()
         result = invoke(env.args(portal, "--json", "--all"))
