@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import sqlite3
 import sys
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -271,6 +271,8 @@ class PairSet:
             CREATE TABLE pairs (
                 product_id INTEGER NOT NULL,
                 image_id INTEGER NOT NULL,
+                rank INTEGER NOT NULL DEFAULT 0,
+                since TEXT NOT NULL DEFAULT '',
                 PRIMARY KEY (product_id, image_id)
             );
             """
@@ -292,7 +294,9 @@ class PairSet:
         if self._closed:
             raise ValueError("PairSet is closed")
         with self._db:
-            cursor = self._db.executemany("INSERT OR IGNORE INTO pairs VALUES (?, ?)", self._pending)
+            cursor = self._db.executemany(
+                "INSERT OR IGNORE INTO pairs (product_id, image_id) VALUES (?, ?)", self._pending
+            )
         self._added += len(self._pending)
         self._unique += cursor.rowcount
         self._pending.clear()
@@ -317,12 +321,29 @@ class PairSet:
         ).fetchone()
         return row is not None
 
+    def order_by(self, keys: Callable[[list[ImageRef]], Mapping[ImageRef, tuple[int, str]]]) -> None:
+        """Put the refs in work order: ``keys`` (the store's, see ``Store.work_keys``) gives each a
+        ``(rank, since)`` key; :meth:`chunks` then yields them by key, first-seen order breaking ties.
+        Done in the private database, a few hundred refs at a time: memory stays flat."""
+        self._flush()
+        cursor = self._db.execute("SELECT product_id, image_id FROM pairs ORDER BY rowid")
+        updates: list[tuple[int, str, int, int]] = []
+        while rows := cursor.fetchmany(500):
+            refs = [ImageRef(p, i) for p, i in rows]
+            found = keys(refs)
+            updates += [(*found.get(ref, (0, "")), ref.product_id, ref.image_id) for ref in refs]
+        cursor.close()
+        with self._db:
+            self._db.executemany(
+                "UPDATE pairs SET rank = ?, since = ? WHERE product_id = ? AND image_id = ?", updates
+            )
+
     def chunks(self, size: int = 50) -> Generator[list[ImageRef], None, None]:
         """Yield the unique refs in first-seen order, ``size`` at a time (the last chunk may be shorter)."""
         if size < 1:
             raise ValueError("size must be at least 1")
         self._flush()
-        cursor = self._db.execute("SELECT product_id, image_id FROM pairs ORDER BY rowid")
+        cursor = self._db.execute("SELECT product_id, image_id FROM pairs ORDER BY rank, since, rowid")
         try:
             while rows := cursor.fetchmany(size):
                 yield [ImageRef(p, i) for p, i in rows]
@@ -455,7 +476,10 @@ class ProductSet:
             """
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
-            CREATE TABLE products (seq INTEGER PRIMARY KEY, product_id INTEGER NOT NULL UNIQUE);
+            CREATE TABLE products (
+                seq INTEGER PRIMARY KEY, product_id INTEGER NOT NULL UNIQUE,
+                rank INTEGER NOT NULL DEFAULT 0, since TEXT NOT NULL DEFAULT ''
+            );
             """
         )
         self._pending: list[tuple[int]] = []
@@ -502,12 +526,26 @@ class ProductSet:
             is not None
         )
 
+    def order_by(self, keys: Callable[[list[int]], Mapping[int, tuple[int, str]]]) -> None:
+        """Put the ids in work order by the ``(rank, since)`` key ``keys`` gives each (see
+        :meth:`PairSet.order_by`)."""
+        self._flush()
+        cursor = self._db.execute("SELECT product_id FROM products ORDER BY seq")
+        updates: list[tuple[int, str, int]] = []
+        while rows := cursor.fetchmany(500):
+            ids = [row[0] for row in rows]
+            found = keys(ids)
+            updates += [(*found.get(i, (0, "")), i) for i in ids]
+        cursor.close()
+        with self._db:
+            self._db.executemany("UPDATE products SET rank = ?, since = ? WHERE product_id = ?", updates)
+
     def chunks(self, size: int = 50) -> Generator[list[int], None, None]:
-        """Yield the unique ids in first-seen order, ``size`` at a time (the last chunk may be shorter)."""
+        """Yield the unique ids in work order (first-seen order until :meth:`order_by`), ``size`` at a time (the last chunk may be shorter)."""
         if size < 1:
             raise ValueError("size must be at least 1")
         self._flush()
-        cursor = self._db.execute("SELECT product_id FROM products ORDER BY seq")
+        cursor = self._db.execute("SELECT product_id FROM products ORDER BY rank, since, seq")
         try:
             while rows := cursor.fetchmany(size):
                 yield [row[0] for row in rows]

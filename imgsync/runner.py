@@ -221,6 +221,10 @@ def run_sync(
             # In work order (never backed up, failed, checked longest ago), copied out before the run writes.
             for ref in store.iter_refs_in_work_order():
                 pairs.add(ref)
+        # The work order, in every input mode: capped runs take what was never backed up first, then what
+        # failed, then what was checked longest ago, so runs night after night make progress.
+        pairs.order_by(store.work_keys)
+        products.order_by(store.product_work_keys)
         progress.total(len(pairs))
         log.info(
             "%d images to check%s%s (%d duplicate pairs skipped)%s",

@@ -288,6 +288,41 @@ class Store:
                     out.setdefault(r["product_id"], []).append(_stored(r))
         return out
 
+    #: The work order's rank: never backed up, then failed, then the rest by when they were checked last.
+    _RANK = "case when sha256 is null then 0 when status = 'failed' then 1 else 2 end"
+
+    def work_keys(self, refs: Sequence[ImageRef]) -> dict[ImageRef, tuple[int, str]]:
+        """``(rank, last checked)`` of the recorded ones among these images, for the work order: rank 0
+        never backed up (an image with no row is that too), 1 failed, 2 the others, oldest check first."""
+        out: dict[ImageRef, tuple[int, str]] = {}
+        with self._lock:
+            for at in range(0, len(refs), 400):
+                part = refs[at : at + 400]
+                clause = " or ".join(["(product_id = ? and image_id = ?)"] * len(part))
+                params = [n for ref in part for n in (ref.product_id, ref.image_id)]
+                for p, i, rank, since in self.db.execute(
+                    f"select product_id, image_id, {self._RANK}, coalesce(last_checked_at, '') from images "
+                    f"where {clause}",
+                    params,
+                ):
+                    out[ImageRef(p, i)] = (int(rank), str(since))
+        return out
+
+    def product_work_keys(self, product_ids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """The work order of whole products: a product is as urgent as its most urgent recorded image
+        (one never seen has no row and ranks 0, first)."""
+        out: dict[int, tuple[int, str]] = {}
+        with self._lock:
+            for at in range(0, len(product_ids), 500):
+                part = list(product_ids[at : at + 500])
+                for pid, rank, since in self.db.execute(
+                    f"select product_id, min({self._RANK}), min(coalesce(last_checked_at, '')) from images "
+                    f"where product_id in ({', '.join('?' * len(part))}) group by product_id",
+                    part,
+                ):
+                    out[int(pid)] = (int(rank), str(since))
+        return out
+
     def iter_refs_in_work_order(self) -> Iterator[ImageRef]:
         """Every recorded image, in the order a capped run should take them: never backed up first, then
         failed ones, then those checked longest ago (so nightly capped runs rotate through the catalog).

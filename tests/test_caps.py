@@ -3,11 +3,18 @@ JSON carries its plan."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+
+import pytest
 
 from imgsync.emulator import Faults, Portal, make_catalog
 
 from .conftest import Env, all_pairs, file_sha256, invoke, summary_of
+
+
+def sha256_of_v2(row: dict[str, object]) -> str:
+    return hashlib.sha256(f"v2 of {row['product_id']}:{row['image_id']}".encode()).hexdigest()
 
 
 def consistent(env: Env, portal: Portal) -> list[dict[str, object]]:
@@ -103,3 +110,56 @@ def test_dry_run_json_lists_every_image_with_its_action(env: Env) -> None:
         assert [p["action"] for p in summary["plan"]].count("unchanged") == 3
         assert [p["reason"] for p in summary["plan"]].count("new") == 5
         assert all(p["name"] for p in summary["plan"])
+
+
+@pytest.mark.parametrize("mode", ["pairs", "product", "recorded"])
+def test_capped_runs_take_what_was_never_backed_up_first(env: Env, mode: str) -> None:
+    """Work order: a run capped to 5 downloads spends them on images never backed up, though changed (and a
+    failed) image come first in the input; the following capped runs finish the rest. (Removing the order
+    fails the pairs and --product cases; --recorded takes its order from the store's query.)"""
+    catalog = make_catalog(products=4, images_per_product=5, min_size=200, max_size=2000, seed=36)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        pairs = all_pairs(portal)
+        done, first = pairs[:10], pairs[10:]  # the first half in argument order is backed up, the rest new
+        assert invoke(env.args(portal, *done)).exit_code == 0
+        for pair in done:  # all changed since: they need downloads too, but after the never backed up ones
+            product, image = map(int, pair.split(":"))
+            portal.replace_image(product, image, content=f"v2 of {pair}".encode())
+        broken = done[0]
+        con = sqlite3.connect(env.db)  # one of them failed since (say its upload did)
+        product, image = map(int, broken.split(":"))
+        con.execute(
+            "update images set status = 'failed' where product_id = ? and image_id = ?", [product, image]
+        )
+        con.commit()
+        con.close()
+        if mode == "pairs":
+            args = pairs
+        elif mode == "product":
+            args = [a for pid in sorted({p.split(":")[0] for p in pairs}) for a in ("--product", pid)]
+        else:  # --recorded knows only what is recorded: record the first half as never backed up
+            con = sqlite3.connect(env.db)
+            con.executemany(
+                "insert into images (product_id, image_id, status) values (?, ?, 'failed')",
+                [tuple(map(int, p.split(":"))) for p in first],
+            )
+            con.execute("update images set sha256 = null where status = 'failed'")
+            con.commit()
+            con.close()
+            args = ["--recorded"]
+        portal.reset_stats()
+        result = invoke(env.args(portal, "--json", "--max-downloads", "5", *args))
+        assert result.exit_code == 5, result.stderr
+        downloaded = {
+            f"{r['product_id']}:{r['image_id']}"
+            for r in env.rows()
+            if r["status"] == "ok" and f"{r['product_id']}:{r['image_id']}" in first
+        }
+        assert len(downloaded) == 5 == portal.stats.downloads_served  # five never-backed-up images
+        changed = [r for r in env.rows() if f"{r['product_id']}:{r['image_id']}" in done]
+        assert all(r["sha256"] != sha256_of_v2(r) for r in changed)  # none of the changed ones yet
+        # Capped runs go on until everything is current: 15 more downloads, 5 a night.
+        codes = [invoke(env.args(portal, "--max-downloads", "5", *args)).exit_code for _ in range(3)]
+        assert codes == [5, 5, 0]
+        assert {r["status"] for r in env.rows()} == {"ok"}
+        consistent(env, portal)
