@@ -182,7 +182,8 @@ def write_pairs(path: Path, n: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def imgsync_config(path: Path, webhook: str, profile: Profile, workers: int) -> None:
+def imgsync_config(path: Path, webhook: str, profile: Profile, workers: str) -> None:
+    value = workers if workers.isdigit() else '"auto"'
     path.write_text(
         "[bitrix24]\n"
         f'webhook_url = "{webhook}"\n'
@@ -192,7 +193,7 @@ def imgsync_config(path: Path, webhook: str, profile: Profile, workers: int) -> 
         'dest = "images"\n'
         'db = "imgsync.db"\n'
         "[sync]\n"
-        f"workers = {workers}\n"
+        f"workers = {value}\n"
     )
 
 
@@ -256,7 +257,7 @@ def bench_baseline(profile: Profile, n: int, work: Path, client: str, opts: argp
             str(profile.burst),
         ]
         if client == "peer-threads":
-            cmd += ["--download-workers", str(opts.workers)]
+            cmd += ["--download-workers", opts.workers if opts.workers.isdigit() else "16"]
         wall, rss, code, out, err = run_client(cmd, work)
     report = _last_json(out)
     ok = code == 0 and report.get("downloaded") == n
@@ -588,7 +589,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         default=0,
         help="run peer and naive only up to this N (default: all sizes)",
     )
-    parser.add_argument("--workers", type=int, default=16, help="imgsync --workers (default 16)")
+    parser.add_argument(
+        "--workers", default="auto", help='imgsync workers: a number, or "auto" (the default configuration)'
+    )
     parser.add_argument("--min-size", type=int, default=1000, help="smallest image, bytes (default 1000)")
     parser.add_argument("--max-size", type=int, default=20000, help="largest image, bytes (default 20000)")
     parser.add_argument(

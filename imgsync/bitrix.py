@@ -9,6 +9,7 @@ leaves this module.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import socket
@@ -644,6 +645,7 @@ class Client:
         self._rng_lock = threading.Lock()
         self._reset_at: float | None = None  # latest time.operating_reset_at the portal reported
         self._reached = False  # the portal has answered at least once in this run
+        self.round_trip: float | None = None
         self._relocations = 0
         self.requests_sent = 0
         self.retries = 0
@@ -652,6 +654,20 @@ class Client:
         self._count_lock = threading.Lock()
         if isinstance(auth, OAuth):
             auth.sleep = self._sleep  # a renewal's retries stop with the run too
+
+    def _note_round_trip(self, seconds: float) -> None:
+        """The time to an answer's headers, smoothed: what ``workers = "auto"`` sizes concurrency from."""
+        with self._count_lock:
+            self.round_trip = seconds if self.round_trip is None else 0.8 * self.round_trip + 0.2 * seconds
+
+    def concurrency(self, ceiling: int = 32) -> int:
+        """How many requests to keep in flight so that the bucket's rate is used, not exceeded: Little's
+        law (rate x round trip) with room for bodies that take longer than their headers, at least 4. The
+        bucket still paces every request, so more in flight never means more than the portal allows."""
+        rtt = self.round_trip
+        if rtt is None:
+            return 4
+        return max(4, min(ceiling, int(self.bucket.capacity), math.ceil(self.rate * rtt * 4) + 2))
 
     @property
     def rate(self) -> float:
@@ -695,10 +711,12 @@ class Client:
         self.bucket.acquire()
         with self._count_lock:
             self.requests_sent += 1
+        sent = time.monotonic()
         try:
             resp = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise _translate(exc, url, reached=self._reached) from None
+        self._note_round_trip(time.monotonic() - sent)
         self._reached = True
         if resp.status_code in (503, 429):
             with self._count_lock:

@@ -280,7 +280,12 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 @click.option(
     "--dry-run", is_flag=True, help="Fetch metadata, print what would be done and why, change nothing."
 )
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Parallel downloads (default 4).")
+@click.option(
+    "--workers",
+    default=None,
+    metavar="N|auto",
+    help='Requests in flight: a number from 1 to 64, or "auto" (the default: sized from the round trip).',
+)
 @click.option(
     "--rate-limit", default=None, metavar="N", help="Requests per second (bitrix24.rate_limit; default 2)."
 )
@@ -342,7 +347,7 @@ def sync(
     s3_endpoint_url: str | None,
     force: bool,
     dry_run: bool,
-    workers: int | None,
+    workers: str | None,
     rate_limit: str | None,
     burst: str | None,
     timeout: str | None,

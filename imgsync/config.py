@@ -74,7 +74,8 @@ class Settings:
     s3_bucket: str = ""
     s3_prefix: str = ""
     s3_endpoint_url: str = ""
-    workers: int = 4
+    #: Requests in flight; 0 is ``"auto"`` (sized from the measured round trip and the rate limit).
+    workers: int = 0
     #: Caps of one run (``None``: no cap); see :func:`parse_duration` and :func:`parse_size`.
     max_duration_s: float | None = None
     max_downloads: int | None = None
@@ -355,13 +356,17 @@ def _check(field: str, value: object, origin: _Origin, base: Path, *, from_text:
             if number is None or not math.isfinite(number) or number <= 0:
                 raise _fail(origin, f"must be a positive number, got {_shown(value)}")
             return number
+        if kind == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
+            return 0
         integer = _integer(value, from_text=from_text)
         if kind == "burst":
             if integer is None or integer < 1:
                 raise _fail(origin, f"must be a whole number of at least 1, got {_shown(value)}")
             return integer
         if integer is None or not 1 <= integer <= MAX_WORKERS:
-            raise _fail(origin, f"must be a whole number from 1 to {MAX_WORKERS}, got {_shown(value)}")
+            raise _fail(
+                origin, f'must be "auto" or a whole number from 1 to {MAX_WORKERS}, got {_shown(value)}'
+            )
         return integer
     if kind == "bool":
         if not isinstance(value, bool):

@@ -31,6 +31,7 @@ from .inputs import PairSet, ProductSet, collect_inputs, collect_products
 from .models import Action, ImageRef
 from .store import Store, run_lock
 from .sync import (
+    AUTO_MAX_WORKERS,
     Plan,
     PlannedChunk,
     ProductChunk,
@@ -136,7 +137,7 @@ def make_uploader(settings: Settings) -> Uploader | None:
         bucket=settings.s3_bucket,
         prefix=settings.s3_prefix,
         endpoint_url=settings.s3_endpoint_url or None,
-        workers=settings.workers,
+        workers=settings.workers or AUTO_MAX_WORKERS,
     )
 
 
@@ -188,7 +189,7 @@ def run_sync(
             rate_limit=settings.rate_limit,
             burst=settings.burst,
             timeout=settings.timeout,
-            workers=settings.workers,
+            workers=settings.workers or AUTO_MAX_WORKERS,  # the connection pool's size
             stop=stop,
             session=session,
             sleep=sleep,

@@ -309,6 +309,7 @@ class Syncer:
         self._started = time.monotonic()
         self._downloads_started = 0
         self.capped: str | None = None  # which cap stopped the run, e.g. "--max-downloads 100"
+        self._gate = _Gate(self._workers, lambda: None)
 
     # -- the whole run ----------------------------------------------------------------------------
     def run(self, chunks: Iterable[list[ImageRef] | ProductChunk], *, total: int | None = None) -> Summary:
@@ -421,10 +422,16 @@ class Syncer:
             self._handle_plan(plan, executor)
         return list(found), found
 
+    def _workers(self) -> int:
+        """Requests to keep in flight: the configured number, or (``workers = "auto"``, 0) what the
+        client's measured round trip and rate call for, re-read as the run goes."""
+        return self.opts.workers if self.opts.workers > 0 else self.client.concurrency(AUTO_MAX_WORKERS)
+
     def _pipeline(self, chunks: Iterator[list[ImageRef] | ProductChunk]) -> None:
-        workers = max(1, self.opts.workers)
-        meta_pool = ThreadPoolExecutor(workers, thread_name_prefix="meta")
-        work_pool = ThreadPoolExecutor(workers, thread_name_prefix="work")
+        threads = self.opts.workers if self.opts.workers > 0 else AUTO_MAX_WORKERS
+        meta_pool = ThreadPoolExecutor(threads, thread_name_prefix="meta")
+        work_pool = ThreadPoolExecutor(threads, thread_name_prefix="work")
+        self._gate = _Gate(self._workers, lambda: self._cap(queued=True))
         meta: dict[Future[Any], list[ImageRef] | ProductChunk] = {}
         work: dict[Future[Outcome], Plan] = {}
         # How far metadata may run ahead of the downloads: one chunk beyond what the workers hold, so
@@ -433,14 +440,16 @@ class Syncer:
         # ``workers`` batches in flight, a cold one fetches one chunk ahead. Should every batch in flight
         # need all its downloads after all, none of their links waits more than LINK_WAIT_S at the
         # configured rate (on a 2/s portal that is the one chunk ahead of before).
-        backlog_limit = workers + BATCH_SIZE
-        worst_limit = max(backlog_limit, int(self.client.rate * LINK_WAIT_S))
+
         exhausted = False
         fatal: BaseException | None = None
         try:
             while True:
                 if self.stop.is_set():
                     raise Interrupted("interrupted")
+                workers = self._workers()
+                backlog_limit = workers + BATCH_SIZE
+                worst_limit = max(backlog_limit, int(self.client.rate * LINK_WAIT_S))
                 while (
                     not exhausted
                     and len(meta) < workers
@@ -485,6 +494,10 @@ class Syncer:
                         plan = work.pop(fut)
                         try:
                             outcome = fut.result()
+                        except _Deferred as deferred:
+                            self.capped = deferred.cap
+                            self.summary.deferred += 1
+                            continue
                         except ImgsyncError as exc:
                             if exc.fatal:
                                 raise
@@ -551,7 +564,7 @@ class Syncer:
                 self._downloads_started += 1
             work, pool = executor
             job = self._download if plan.action == Action.DOWNLOAD else self._upload_only
-            work[pool.submit(job, plan)] = plan
+            work[pool.submit(self._gate.run, job, plan)] = plan
             return
         self._record(self._immediate(plan))
 
@@ -726,6 +739,44 @@ class Syncer:
                         log.warning("not removing %r: it is outside the destination folder", relative)
                     else:
                         _unlink_quietly(path)
+
+
+#: The most requests ``workers = "auto"`` keeps in flight (threads of each pool).
+AUTO_MAX_WORKERS = 32
+
+
+class _Deferred(Exception):
+    """A job that waited for its turn past a cap: not started, left for the next run."""
+
+    def __init__(self, cap: str) -> None:
+        super().__init__(cap)
+        self.cap = cap
+
+
+class _Gate:
+    """At most ``limit()`` jobs at a time, a limit that may change while the run goes (auto workers). A job
+    whose turn comes once ``capped()`` names a cap does not start (:class:`_Deferred`)."""
+
+    def __init__(self, limit: Callable[[], int], capped: Callable[[], str | None]) -> None:
+        self._limit = limit
+        self._capped = capped
+        self._active = 0
+        self._cond = threading.Condition()
+
+    def run(self, job: Callable[[Plan], Outcome], plan: Plan) -> Outcome:
+        with self._cond:
+            while self._active >= max(1, self._limit()):
+                self._cond.wait(0.05)
+            cap = self._capped()
+            if cap is not None:
+                raise _Deferred(cap)
+            self._active += 1
+        try:
+            return job(plan)
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify()
 
 
 def inside_dest(dest: Path, relative: Any) -> Path | None:

@@ -263,3 +263,17 @@ def test_a_refused_connection_is_retried_briefly_then_names_host_and_port() -> N
     with pytest.raises(PortalUnavailable, match=r"cannot be reached at portal.test:80"):
         client(session, attempts=8).call("server.time")
     assert len(session.sent) == 3
+
+
+def test_auto_concurrency_follows_the_round_trip_and_the_rate() -> None:
+    c = Client(WebhookAuth(HOOK), rate_limit=25.0, burst=250, session=FakeSession([]), sleep=lambda s: None)
+    assert c.concurrency() == 4  # nothing measured yet
+    c.round_trip = 0.150  # a far portal: 25/s x 150 ms = 3.75 requests in the air, x4 for bodies, +2
+    assert c.concurrency() == 17
+    c.round_trip = 0.002  # a near one: the floor
+    assert c.concurrency() == 4
+    c.round_trip = 5.0  # very far: the ceiling
+    assert c.concurrency(ceiling=32) == 32
+    small = Client(WebhookAuth(HOOK), rate_limit=25.0, burst=8, session=FakeSession([]), sleep=lambda s: None)
+    small.round_trip = 0.150
+    assert small.concurrency() == 7  # never more in flight than the bucket holds

@@ -53,7 +53,12 @@ def test_defaults_without_any_file(tmp_path):
     assert settings == Settings(dest=tmp_path / "images", db=tmp_path / "imgsync.db")
     assert settings.webhook_url is None
     assert settings.token_url == "https://oauth.bitrix.info/oauth/token/"
-    assert (settings.rate_limit, settings.burst, settings.timeout, settings.workers) == (2.0, 50, 30.0, 4)
+    assert (settings.rate_limit, settings.burst, settings.timeout, settings.workers) == (
+        2.0,
+        50,
+        30.0,
+        0,
+    )  # auto
     assert (settings.keep_local, settings.s3_enabled, settings.s3_bucket) == (True, False, "")
     assert settings.config_path is None
     assert settings.auth_mode is None
@@ -293,8 +298,14 @@ def test_unknown_keys_are_errors(tmp_path, text, message):
             "[bitrix24]\nburst = 1.5",
             "imgsync.toml: bitrix24.burst must be a whole number of at least 1, got 1.5",
         ),
-        ("[sync]\nworkers = 65", "imgsync.toml: sync.workers must be a whole number from 1 to 64, got 65"),
-        ("[sync]\nworkers = '4'", "imgsync.toml: sync.workers must be a whole number from 1 to 64, got '4'"),
+        (
+            "[sync]\nworkers = 65",
+            'imgsync.toml: sync.workers must be "auto" or a whole number from 1 to 64, got 65',
+        ),
+        (
+            "[sync]\nworkers = '4'",
+            "imgsync.toml: sync.workers must be \"auto\" or a whole number from 1 to 64, got '4'",
+        ),
         ("[storage]\nkeep_local = 'no'", "imgsync.toml: storage.keep_local must be true or false, got 'no'"),
         ("[s3]\nenabled = 1", "imgsync.toml: s3.enabled must be true or false, got 1"),
         ("[s3]\nbucket = 5", "imgsync.toml: s3.bucket must be a string, got 5"),
@@ -345,7 +356,7 @@ def test_config_file_that_is_not_utf8(tmp_path):
 def test_errors_name_the_file_as_given(tmp_path):
     write(tmp_path / "etc", "[sync]\nworkers = 0\n", "prod.toml")
     message = config_error(tmp_path, config_path="etc/prod.toml")
-    assert message == "etc/prod.toml: sync.workers must be a whole number from 1 to 64, got 0"
+    assert message == 'etc/prod.toml: sync.workers must be "auto" or a whole number from 1 to 64, got 0'
 
 
 @pytest.mark.parametrize(
@@ -354,15 +365,19 @@ def test_errors_name_the_file_as_given(tmp_path):
         (
             {"IMGSYNC_WORKERS": "many"},
             None,
-            "IMGSYNC_WORKERS must be a whole number from 1 to 64, got 'many'",
+            "IMGSYNC_WORKERS must be \"auto\" or a whole number from 1 to 64, got 'many'",
         ),
-        ({"IMGSYNC_WORKERS": "0"}, None, "IMGSYNC_WORKERS must be a whole number from 1 to 64, got '0'"),
+        (
+            {"IMGSYNC_WORKERS": "0"},
+            None,
+            "IMGSYNC_WORKERS must be \"auto\" or a whole number from 1 to 64, got '0'",
+        ),
         (
             {"IMGSYNC_S3_ENDPOINT_URL": "minio"},
             None,
             "IMGSYNC_S3_ENDPOINT_URL must be an http:// or https:// URL, got 'minio'",
         ),
-        ({}, {"workers": 100}, "--workers must be a whole number from 1 to 64, got 100"),
+        ({}, {"workers": 100}, '--workers must be "auto" or a whole number from 1 to 64, got 100'),
         ({}, {"rate_limit": -1}, "--rate-limit must be a positive number, got -1"),
         ({}, {"s3_enabled": "yes"}, "--s3/--no-s3 must be true or false, got 'yes'"),
         ({}, {"dest": ""}, "--dest must be a non-empty path, got ''"),
@@ -731,3 +746,15 @@ def test_bad_caps_and_new_values_name_the_flag_or_variable(tmp_path, env, overri
 )
 def test_bad_new_keys_in_the_file_name_file_and_key(tmp_path, text, message):
     assert config_error(tmp_path, text) == message
+
+
+def test_workers_auto_from_file_env_and_flag(tmp_path: Path) -> None:
+    write(tmp_path, '[sync]\nworkers = "auto"\n')
+    assert load_settings(cwd=tmp_path).workers == 0  # 0 is auto
+    assert load_settings(cwd=tmp_path, env={"IMGSYNC_WORKERS": "12"}).workers == 12
+    assert load_settings(cwd=tmp_path, env={"IMGSYNC_WORKERS": "AUTO"}).workers == 0
+    assert load_settings(cwd=tmp_path, overrides={"workers": "5"}).workers == 5
+    with pytest.raises(
+        ConfigError, match="--workers must be \"auto\" or a whole number from 1 to 64, got 'lots'"
+    ):
+        load_settings(cwd=tmp_path, overrides={"workers": "lots"})

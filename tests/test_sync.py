@@ -422,3 +422,14 @@ def test_product_listings_are_followed_page_by_page_and_only_the_deleted_image_g
         assert (summary["missing"], summary["unchanged"], summary["downloaded"]) == (1, 13, 0)
         missing = [(r["product_id"], r["image_id"]) for r in env.rows() if r["status"] == "missing"]
         assert missing == [(gone.product_id, gone.image_id)]
+
+
+def test_auto_workers_by_default_keep_a_far_portal_busy_without_a_503(env: Env, isolated: Path) -> None:
+    (isolated / "imgsync.toml").write_text("[bitrix24]\nrate_limit = 50.0\nburst = 60\n")  # no workers: auto
+    catalog = make_catalog(products=20, images_per_product=4, min_size=200, max_size=1000, seed=41)
+    with Portal(catalog, rate_limit=50.0, burst=60, latency=0.08) as portal:
+        result = invoke(env.args(portal, "--json", *all_pairs(portal)))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["downloaded"] == 80
+        assert portal.stats.rejected_503 == 0
+        backed_up(env, portal)
