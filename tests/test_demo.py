@@ -17,6 +17,12 @@ def test_demo_runs_twice_and_leaves_files_and_database(isolated: Path) -> None:
     lines = result.stdout.splitlines()
     assert any(line.startswith("first run:  requested 9, downloaded 9,") for line in lines)
     assert any(line.startswith("second run: requested 9, downloaded 0, unchanged 9,") for line in lines)
+    # the whole catalog: 3 products listed in 1 catalog list + 1 property list + 1 batch, nothing downloaded
+    assert any(
+        line.startswith("--all run:  requested 9, downloaded 0, unchanged 9,")
+        and line.endswith("; 3 portal requests (the catalog's listing)")
+        for line in lines
+    ), lines
     db = isolated / "demo" / "imgsync.db"
     assert f"database: {db}" in result.stdout
     con = sqlite3.connect(db)
@@ -38,7 +44,7 @@ def test_demo_runs_twice_and_leaves_files_and_database(isolated: Path) -> None:
     for local_path, digest in rows:
         assert (isolated / "demo" / "report_files" / "thumbs" / f"{digest}.jpg").is_file()
         assert f'href="images/{local_path}"' in html
-    assert html.count('<g class="run" data-run-id=') == 2
+    assert html.count('<g class="run" data-run-id=') == 3  # two syncs of the pairs, one --all
 
 
 def test_demo_pictures_are_distinct_pngs() -> None:
