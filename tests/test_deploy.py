@@ -58,7 +58,7 @@ def test_parse_rejects_what_the_cli_rejects() -> None:
     with pytest.raises(click.NoSuchOption):
         parse(["sync", "--csv", "a.csv", "--no-such-option"])
     with pytest.raises(click.BadParameter):
-        parse(["sync", "--workers", "zero"])
+        parse(["sync", "--product", "zero"])
     assert parse(["rebuild", "--from-s3", "--merge", "--json"])[1]["merge"] is True
 
 
