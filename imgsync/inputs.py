@@ -17,7 +17,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import IO, Any, BinaryIO, TextIO
+from typing import IO, Any, BinaryIO, Generic, Self, TextIO, TypeVar
 
 from .errors import InputError
 from .models import ImageRef
@@ -252,39 +252,53 @@ def _iter_stream(stream: IO[Any], name: str) -> Iterator[tuple[ImageRef, str]]:
         raise InputError(f"{name}: no product/image pairs found")
 
 
-class PairSet:
-    """Unique :class:`~imgsync.models.ImageRef` values in first-seen order, in bounded memory.
+T = TypeVar("T")
 
-    Backed by a private temporary SQLite database (deleted on :meth:`close`); refs are inserted in batches.
+
+class _PrivateSet(Generic[T]):
+    """Unique values in first-seen order (or work order, see :meth:`order_by`), in bounded memory.
+
+    Backed by a private temporary SQLite database (deleted on :meth:`close`); values are inserted in batches.
     Not safe for concurrent use from several threads; do not add while iterating over :meth:`chunks`.
+    Subclasses name the columns of one value (the table's key) and how a value maps to them.
     """
 
     BATCH = 5000
+    COLUMNS: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         # "" is a private, temporary on-disk database: it spills to disk instead of growing in memory.
         self._db = sqlite3.connect("", check_same_thread=False)
+        key = ", ".join(self.COLUMNS)
         self._db.executescript(
-            """
+            f"""
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
-            CREATE TABLE pairs (
-                product_id INTEGER NOT NULL,
-                image_id INTEGER NOT NULL,
+            CREATE TABLE items (
+                {", ".join(f"{c} INTEGER NOT NULL" for c in self.COLUMNS)},
                 rank INTEGER NOT NULL DEFAULT 0,
                 since TEXT NOT NULL DEFAULT '',
-                PRIMARY KEY (product_id, image_id)
+                UNIQUE ({key})
             );
             """
         )
-        self._pending: list[tuple[int, int]] = []
+        self._key = key
+        self._marks = ", ".join("?" * len(self.COLUMNS))
+        self._where = " AND ".join(f"{c} = ?" for c in self.COLUMNS)
+        self._pending: list[tuple[int, ...]] = []
         self._added = 0
         self._unique = 0
         self._closed = False
 
-    def add(self, ref: ImageRef) -> None:
-        """Add one ref; a duplicate of an earlier one is dropped."""
-        self._pending.append((ref.product_id, ref.image_id))
+    def _row(self, value: T) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _value(self, row: tuple[int, ...]) -> T:
+        raise NotImplementedError
+
+    def add(self, value: T) -> None:
+        """Add one value; a duplicate of an earlier one is dropped."""
+        self._pending.append(self._row(value))
         if len(self._pending) >= self.BATCH:
             self._flush()
 
@@ -292,61 +306,55 @@ class PairSet:
         if not self._pending:
             return
         if self._closed:
-            raise ValueError("PairSet is closed")
+            raise ValueError(f"{type(self).__name__} is closed")
         with self._db:
             cursor = self._db.executemany(
-                "INSERT OR IGNORE INTO pairs (product_id, image_id) VALUES (?, ?)", self._pending
+                f"INSERT OR IGNORE INTO items ({self._key}) VALUES ({self._marks})", self._pending
             )
         self._added += len(self._pending)
         self._unique += cursor.rowcount
         self._pending.clear()
 
     def __len__(self) -> int:
-        """The number of unique refs."""
+        """The number of unique values."""
         self._flush()
         return self._unique
 
     @property
     def duplicates(self) -> int:
-        """How many refs were dropped as duplicates of earlier ones."""
+        """How many values were dropped as duplicates of earlier ones."""
         self._flush()
         return self._added - self._unique
 
-    def __contains__(self, ref: object) -> bool:
-        if not isinstance(ref, ImageRef):
-            return False
+    def _has(self, value: T) -> bool:
         self._flush()
-        row = self._db.execute(
-            "SELECT 1 FROM pairs WHERE product_id = ? AND image_id = ?", (ref.product_id, ref.image_id)
-        ).fetchone()
+        row = self._db.execute(f"SELECT 1 FROM items WHERE {self._where}", self._row(value)).fetchone()
         return row is not None
 
-    def order_by(self, keys: Callable[[list[ImageRef]], Mapping[ImageRef, tuple[int, str]]]) -> None:
-        """Put the refs in work order: ``keys`` (the store's, see ``Store.work_keys``) gives each a
+    def order_by(self, keys: Callable[[list[T]], Mapping[T, tuple[int, str]]]) -> None:
+        """Put the values in work order: ``keys`` (the store's, e.g. ``Store.work_keys``) gives each a
         ``(rank, since)`` key; :meth:`chunks` then yields them by key, first-seen order breaking ties.
-        Done in the private database, a few hundred refs at a time: memory stays flat."""
+        Done in the private database, a few hundred values at a time: memory stays flat."""
         self._flush()
-        cursor = self._db.execute("SELECT product_id, image_id FROM pairs ORDER BY rowid")
-        updates: list[tuple[int, str, int, int]] = []
+        cursor = self._db.execute(f"SELECT {self._key} FROM items ORDER BY rowid")
+        updates: list[tuple[object, ...]] = []
         while rows := cursor.fetchmany(500):
-            refs = [ImageRef(p, i) for p, i in rows]
-            found = keys(refs)
-            updates += [(*found.get(ref, (0, "")), ref.product_id, ref.image_id) for ref in refs]
+            values = [self._value(tuple(row)) for row in rows]
+            found = keys(values)
+            updates += [(*found.get(v, (0, "")), *self._row(v)) for v in values]
         cursor.close()
         with self._db:
-            self._db.executemany(
-                "UPDATE pairs SET rank = ?, since = ? WHERE product_id = ? AND image_id = ?", updates
-            )
+            self._db.executemany(f"UPDATE items SET rank = ?, since = ? WHERE {self._where}", updates)
 
-    def chunks(self, size: int = 50) -> Generator[list[ImageRef], None, None]:
-        """Yield the unique refs in first-seen order, ``size`` at a time (the last chunk may be shorter)."""
+    def chunks(self, size: int = 50) -> Generator[list[T], None, None]:
+        """Yield the unique values in order, ``size`` at a time (the last chunk may be shorter)."""
         if size < 1:
             raise ValueError("size must be at least 1")
         self._flush()
-        cursor = self._db.execute("SELECT product_id, image_id FROM pairs ORDER BY rank, since, rowid")
+        cursor = self._db.execute(f"SELECT {self._key} FROM items ORDER BY rank, since, rowid")
         try:
             while rows := cursor.fetchmany(size):
-                yield [ImageRef(p, i) for p, i in rows]
+                yield [self._value(tuple(row)) for row in rows]
         finally:
             cursor.close()
 
@@ -357,13 +365,28 @@ class PairSet:
             self._pending.clear()
             self._db.close()
 
-    def __enter__(self) -> PairSet:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class PairSet(_PrivateSet[ImageRef]):
+    """Unique :class:`~imgsync.models.ImageRef` values (see :class:`_PrivateSet`)."""
+
+    COLUMNS = ("product_id", "image_id")
+
+    def _row(self, value: ImageRef) -> tuple[int, ...]:
+        return (value.product_id, value.image_id)
+
+    def _value(self, row: tuple[int, ...]) -> ImageRef:
+        return ImageRef(row[0], row[1])
+
+    def __contains__(self, ref: object) -> bool:
+        return isinstance(ref, ImageRef) and self._has(ref)
 
 
 def collect_inputs(
@@ -464,112 +487,19 @@ def _iter_products(stream: IO[Any], name: str) -> Iterator[tuple[int, str]]:
         raise InputError(f"{name}: no product ids found")
 
 
-class ProductSet:
-    """Unique product ids in first-seen order, in bounded memory (a private temporary SQLite database, like
-    :class:`PairSet`). Not safe for concurrent use; do not add while iterating over :meth:`chunks`."""
+class ProductSet(_PrivateSet[int]):
+    """Unique product ids (see :class:`_PrivateSet`)."""
 
-    BATCH = 5000
+    COLUMNS = ("product_id",)
 
-    def __init__(self) -> None:
-        self._db = sqlite3.connect("", check_same_thread=False)
-        self._db.executescript(
-            """
-            PRAGMA journal_mode = OFF;
-            PRAGMA synchronous = OFF;
-            CREATE TABLE products (
-                seq INTEGER PRIMARY KEY, product_id INTEGER NOT NULL UNIQUE,
-                rank INTEGER NOT NULL DEFAULT 0, since TEXT NOT NULL DEFAULT ''
-            );
-            """
-        )
-        self._pending: list[tuple[int]] = []
-        self._added = 0
-        self._unique = 0
-        self._closed = False
+    def _row(self, value: int) -> tuple[int, ...]:
+        return (value,)
 
-    def add(self, product_id: int) -> None:
-        """Add one id; a duplicate of an earlier one is dropped."""
-        self._pending.append((product_id,))
-        if len(self._pending) >= self.BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        if self._closed:
-            raise ValueError("ProductSet is closed")
-        with self._db:
-            cursor = self._db.executemany(
-                "INSERT OR IGNORE INTO products (product_id) VALUES (?)", self._pending
-            )
-        self._added += len(self._pending)
-        self._unique += cursor.rowcount
-        self._pending.clear()
-
-    def __len__(self) -> int:
-        """The number of unique ids."""
-        self._flush()
-        return self._unique
-
-    @property
-    def duplicates(self) -> int:
-        """How many ids were dropped as duplicates of earlier ones."""
-        self._flush()
-        return self._added - self._unique
+    def _value(self, row: tuple[int, ...]) -> int:
+        return row[0]
 
     def __contains__(self, product_id: object) -> bool:
-        if not isinstance(product_id, int):
-            return False
-        self._flush()
-        return (
-            self._db.execute("SELECT 1 FROM products WHERE product_id = ?", (product_id,)).fetchone()
-            is not None
-        )
-
-    def order_by(self, keys: Callable[[list[int]], Mapping[int, tuple[int, str]]]) -> None:
-        """Put the ids in work order by the ``(rank, since)`` key ``keys`` gives each (see
-        :meth:`PairSet.order_by`)."""
-        self._flush()
-        cursor = self._db.execute("SELECT product_id FROM products ORDER BY seq")
-        updates: list[tuple[int, str, int]] = []
-        while rows := cursor.fetchmany(500):
-            ids = [row[0] for row in rows]
-            found = keys(ids)
-            updates += [(*found.get(i, (0, "")), i) for i in ids]
-        cursor.close()
-        with self._db:
-            self._db.executemany("UPDATE products SET rank = ?, since = ? WHERE product_id = ?", updates)
-
-    def chunks(self, size: int = 50) -> Generator[list[int], None, None]:
-        """Yield the unique ids in work order (first-seen order until :meth:`order_by`), ``size`` at a time (the last chunk may be shorter)."""
-        if size < 1:
-            raise ValueError("size must be at least 1")
-        self._flush()
-        cursor = self._db.execute("SELECT product_id FROM products ORDER BY rank, since, seq")
-        try:
-            while rows := cursor.fetchmany(size):
-                yield [row[0] for row in rows]
-        finally:
-            cursor.close()
-
-    def __iter__(self) -> Iterator[int]:
-        for chunk in self.chunks(500):
-            yield from chunk
-
-    def close(self) -> None:
-        """Drop the temporary database. Safe to call twice."""
-        if not self._closed:
-            self._closed = True
-            self._pending.clear()
-            self._db.close()
-
-    def __enter__(self) -> ProductSet:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        return isinstance(product_id, int) and self._has(product_id)
 
 
 def collect_products(

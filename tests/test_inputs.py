@@ -492,7 +492,7 @@ def test_collect_products_dedups_in_first_seen_order(in_tmp):
     a = csv_file(in_tmp, "5\n3\n5\n", "a.txt")
     b = csv_file(in_tmp, "productId\n3\n9\n", "b.csv")
     with collect_products([a, b]) as found:
-        assert (len(found), found.duplicates, list(found)) == (3, 2, [5, 3, 9])
+        assert (len(found), found.duplicates, [i for c in found.chunks() for i in c]) == (3, 2, [5, 3, 9])
         assert 9 in found and 4 not in found and "9" not in found
 
 
@@ -502,7 +502,7 @@ def test_collect_products_reads_stdin_once(in_tmp):
     with pytest.raises(InputError, match=exactly("stdin ('-') can be read only once")):
         collect_products(["-"], io.BytesIO(b"1\n"), stdin_used=True)  # --csv - read it already
     with collect_products(["-"], io.BytesIO(b"1\n")) as found:
-        assert list(found) == [1]
+        assert [i for c in found.chunks() for i in c] == [1]
 
 
 def test_collect_products_stops_at_the_first_bad_line_and_closes(in_tmp, monkeypatch):
