@@ -201,18 +201,24 @@ def iter_csv(path: str, stdin: TextIO | BinaryIO | None = None) -> Iterator[tupl
             stream.close()
 
 
-def _iter_stream(stream: IO[Any], name: str) -> Iterator[tuple[ImageRef, str]]:
+def _csv_reader(stream: IO[Any], name: str, nothing: str) -> tuple[Any, _LineReader]:
+    """A CSV reader over ``stream``, comma or semicolon as its first non-blank line says, and the line
+    reader that numbers its lines; ``nothing`` is the error when there is no line at all."""
     lines = _LineReader(stream, name)
     head, first = lines.first_nonblank()
     if first is None:
-        raise InputError(f"{name}: no product/image pairs found")
+        raise InputError(f"{name}: {nothing}")
     delimiter = ";" if first.count(";") > first.count(",") else ","
 
     def source() -> Iterator[str]:
         yield from head
         yield from lines
 
-    reader = csv.reader(source(), delimiter=delimiter, skipinitialspace=True, strict=True)
+    return csv.reader(source(), delimiter=delimiter, skipinitialspace=True, strict=True), lines
+
+
+def _iter_stream(stream: IO[Any], name: str) -> Iterator[tuple[ImageRef, str]]:
+    reader, lines = _csv_reader(stream, name, "no product/image pairs found")
     columns: tuple[int, int] | None = None  # from a header; None: the first two
     need = 2
     seen_first = False
@@ -241,7 +247,7 @@ def _iter_stream(stream: IO[Any], name: str) -> Iterator[tuple[ImageRef, str]]:
             if not any(_parse_id(c) is not None for c in cells[:2]):
                 raise InputError(
                     f"{where}: expected a header naming productId,id or product_id,image_id, or a pair of ids; "
-                    f"got '{_show(delimiter.join(cells), 60)}'"
+                    f"got '{_show(reader.dialect.delimiter.join(cells), 60)}'"
                 )
         if len(cells) < need:
             raise InputError(f"{where}: expected product id and image id, got {_columns(len(cells))}")
@@ -432,17 +438,7 @@ def iter_products_file(path: str, stdin: TextIO | BinaryIO | None = None) -> Ite
 
 
 def _iter_products(stream: IO[Any], name: str) -> Iterator[tuple[int, str]]:
-    lines = _LineReader(stream, name)
-    head, first = lines.first_nonblank()
-    if first is None:
-        raise InputError(f"{name}: no product ids found")
-    delimiter = ";" if first.count(";") > first.count(",") else ","
-
-    def source() -> Iterator[str]:
-        yield from head
-        yield from lines
-
-    reader = csv.reader(source(), delimiter=delimiter, skipinitialspace=True, strict=True)
+    reader, lines = _csv_reader(stream, name, "no product ids found")
     column: int | None = None  # from a header; None: one id a line
     seen_first = found = False
     while True:
@@ -466,7 +462,7 @@ def _iter_products(stream: IO[Any], name: str) -> Iterator[tuple[int, str]]:
             if len(cells) > 1 or _parse_id(cells[0]) is None and not cells[0].isdigit():
                 raise InputError(
                     f"{where}: expected a header naming productId or product_id, or a product id; "
-                    f"got '{_show(delimiter.join(cells), 60)}'"
+                    f"got '{_show(reader.dialect.delimiter.join(cells), 60)}'"
                 )
         if column is None:
             if len(cells) > 1:
