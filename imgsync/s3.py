@@ -11,15 +11,17 @@ shared files, container or instance roles); imgsync's own configuration never ho
 
 No ``botocore``/``boto3`` exception leaves this module. A failure of the whole setup (missing bucket, refused
 or missing credentials, unreachable endpoint) is an :class:`~imgsync.errors.S3SetupError`; a failure of one
-object is an :class:`~imgsync.errors.UploadError` and fails that image alone. Every message names the bucket
+object is an :class:`~imgsync.errors.UploadError` and fails that image alone. Both come from one place,
+:meth:`S3Uploader._translate`, which every ``except`` of the uploader ends in. Every message names the bucket
 and endpoint, never a secret: the secret key and session token are registered with
 :func:`imgsync.redact.register_secret` as soon as they are resolved.
 
-:class:`LocalS3Server` runs moto's S3 emulation on 127.0.0.1 for ``imgsync demo --s3`` and the tests.
+The test and demo server (moto's S3 on 127.0.0.1) lives with the portal emulator: :mod:`imgsync.emulator.s3`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import re
@@ -162,6 +164,24 @@ def fingerprint_of(metadata: Mapping[str, str]) -> tuple[str, str, str, str] | N
         return None
 
 
+class _Why(enum.Enum):
+    """Why a botocore/boto3 request failed, as far as what a user must do differs."""
+
+    PROFILE = "profile"  # AWS_PROFILE names a profile that is not there
+    CREDENTIALS = "credentials"  # none found, or the source failed (an expired SSO login, a failing role)
+    ENDPOINT = "endpoint"  # an endpoint URL botocore cannot use
+    NO_BUCKET = "no bucket"
+    NOT_FOUND = "not found"  # the object (or, for HeadBucket, the bucket: HEAD answers have no code)
+    DENIED = "denied"
+    WRONG_REGION = "wrong region"
+    UNREACHABLE = "unreachable"
+    OTHER = "other"
+
+
+#: What ``_translate`` handles: botocore, boto3, and the transfer manager's own failures.
+_BOTO_ERRORS = (BotoCoreError, ClientError, *_TRANSFER_ERRORS)
+
+
 def _error_code(exc: ClientError) -> tuple[str, str, int]:
     """``(code, message, http status)`` of a ClientError."""
     error = exc.response.get("Error") or {}
@@ -169,36 +189,47 @@ def _error_code(exc: ClientError) -> tuple[str, str, int]:
     return str(error.get("Code") or status or ""), str(error.get("Message") or ""), status
 
 
-def _is_denied(exc: ClientError) -> bool:
+def _why(exc: BaseException) -> _Why:
+    if isinstance(exc, ProfileNotFound):
+        return _Why.PROFILE
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        return _Why.CREDENTIALS
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return _Why.UNREACHABLE
+    if isinstance(exc, ValueError):
+        return _Why.ENDPOINT
+    if not isinstance(exc, ClientError):
+        return _Why.OTHER
     code, _, status = _error_code(exc)
-    return status == 403 or code in _DENIED_CODES
-
-
-def _is_not_found(exc: ClientError) -> bool:
-    code, _, status = _error_code(exc)
-    return status == 404 or code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+    if code == "NoSuchBucket":
+        return _Why.NO_BUCKET
+    if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+        return _Why.NOT_FOUND
+    if status == 403 or code in _DENIED_CODES:
+        return _Why.DENIED
+    if status == 301 or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
+        return _Why.WRONG_REGION
+    return _Why.OTHER
 
 
 def _etag(value: object) -> str:
     return str(value or "").strip('"')
 
 
-def _client_error_text(exc: ClientError) -> str:
-    code, message, status = _error_code(exc)
-    if code in _DENIED_CODES:
-        return _DENIED_CODES[code]
-    if code == "NoSuchBucket":
-        return "the bucket does not exist"
-    text = f"{code}: {message}" if message and message != code else code or f"HTTP {status}"
-    return text
-
-
 def _boto_text(exc: BaseException) -> str:
     """A short, redacted description of a botocore/boto3 failure."""
     if isinstance(exc, ClientError):
-        text = _client_error_text(exc)
+        code, message, status = _error_code(exc)
+        if code in _DENIED_CODES:
+            text = _DENIED_CODES[code]
+        elif code == "NoSuchBucket":
+            text = "the bucket does not exist"
+        else:
+            text = f"{code}: {message}" if message and message != code else code or f"HTTP {status}"
     elif isinstance(exc, _CONNECTION_ERRORS):
         text = f"connection failed ({type(exc).__name__}: {exc})"
+    elif isinstance(exc, _TRANSFER_ERRORS):
+        text = f"{type(exc).__name__}: {exc}"
     else:
         text = str(exc) or type(exc).__name__
     return redact(text)
@@ -274,16 +305,8 @@ class S3Uploader:
             # A session of our own: boto3's default session is not safe to share between threads.
             self._session = boto3.session.Session()
             return self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
-        except ProfileNotFound as exc:
-            raise S3SetupError(
-                redact(f"{exc}: fix AWS_PROFILE or add the profile to ~/.aws/config"), exit_code=3
-            ) from None
-        except ValueError as exc:  # an endpoint botocore cannot use
-            raise S3SetupError(redact(f"S3 endpoint {self.where}: {exc}"), exit_code=2) from None
-        except BotoCoreError as exc:
-            raise S3SetupError(
-                redact(f"cannot set up the S3 client: {_boto_text(exc)}"), exit_code=2
-            ) from None
+        except (*_BOTO_ERRORS, ValueError) as exc:  # ValueError: an endpoint botocore cannot use
+            raise self._translate(exc, doing="cannot set up the S3 client") from None
 
     @property
     def where(self) -> str:
@@ -314,15 +337,8 @@ class S3Uploader:
         try:
             creds = self._session.get_credentials()
             frozen = creds.get_frozen_credentials() if creds is not None else None
-        except ProfileNotFound as exc:
-            raise S3SetupError(
-                redact(f"{exc}: fix AWS_PROFILE or add the profile to ~/.aws/config"), exit_code=3
-            ) from None
-        except (*_CREDENTIAL_ERRORS, BotoCoreError) as exc:  # also an expired SSO login, a failing role
-            raise S3SetupError(
-                redact(f"cannot load AWS credentials for S3 bucket '{self.bucket}': {_boto_text(exc)}"),
-                exit_code=3,
-            ) from None
+        except _BOTO_ERRORS as exc:  # also an expired SSO login, a failing role
+            raise self._translate(exc, credentials=True) from None
         if frozen is None or not frozen.access_key or not frozen.secret_key:
             raise S3SetupError(
                 f"no AWS credentials found for S3 bucket '{self.bucket}' at {self.where}: set AWS_ACCESS_KEY_ID and "
@@ -340,62 +356,18 @@ class S3Uploader:
         fetched; the message says to check ``s3.endpoint_url`` and the server).
         """
         self._resolve_credentials()
-        bucket, where = self.bucket, self.where
         try:
-            self.client.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            code, _, status = _error_code(exc)
-            if _is_not_found(exc):
-                raise S3SetupError(
-                    f"S3 bucket '{bucket}' does not exist at {where}: create it, or fix s3.bucket "
-                    "(--s3-bucket, IMGSYNC_S3_BUCKET)",
-                    exit_code=2,
-                ) from None
-            if _is_denied(exc):
-                reason = self._denied_reason() or _DENIED_CODES.get(code, f"access denied (HTTP {status})")
-                raise S3SetupError(
-                    redact(
-                        f"S3 refused access to bucket '{bucket}' at {where}: {reason}. Check the AWS credentials "
-                        f"({self._credential_source()}) and that they allow s3:ListBucket on the bucket"
-                    ),
-                    exit_code=3,
-                ) from None
-            if status == 301 or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
-                raise S3SetupError(
-                    f"S3 bucket '{bucket}' is in another region than {where}: set AWS_DEFAULT_REGION (or the "
-                    "profile's region) to the bucket's region",
-                    exit_code=2,
-                ) from None
-            raise S3SetupError(
-                redact(f"S3 bucket '{bucket}' at {where} cannot be used: {_client_error_text(exc)}"),
-                exit_code=2,
-            ) from None
-        except _CREDENTIAL_ERRORS as exc:
-            raise S3SetupError(
-                redact(f"cannot load AWS credentials for S3 bucket '{bucket}': {_boto_text(exc)}"),
-                exit_code=3,
-            ) from None
-        except _CONNECTION_ERRORS as exc:
-            raise S3SetupError(
-                redact(
-                    f"cannot reach S3 at {where} (bucket '{bucket}'): {_boto_text(exc)}; check s3.endpoint_url "
-                    "and that the server is running"
-                ),
-                exit_code=2,
-            ) from None
-        except BotoCoreError as exc:
-            raise S3SetupError(
-                redact(f"S3 bucket '{bucket}' at {where} cannot be used: {_boto_text(exc)}"), exit_code=2
-            ) from None
+            self.client.head_bucket(Bucket=self.bucket)
+        except _BOTO_ERRORS as exc:
+            raise self._translate(exc) from None
 
     def _denied_reason(self) -> str | None:
         """HEAD answers have no body; a GET on the bucket tells *why* access was refused."""
         try:
             self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
         except ClientError as exc:
-            code = _error_code(exc)[0]
-            return _DENIED_CODES.get(code)
-        except BotoCoreError:
+            return _DENIED_CODES.get(_error_code(exc)[0])
+        except _BOTO_ERRORS:
             return None
         return None
 
@@ -409,16 +381,77 @@ class S3Uploader:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=b"imgsync check\n")
             self.client.delete_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            raise S3SetupError(
-                redact(f"cannot write {self._url(key)} at {self.where}: {_client_error_text(exc)}"),
-                exit_code=3 if _is_denied(exc) else 2,
-            ) from None
-        except BotoCoreError as exc:
-            raise S3SetupError(
-                redact(f"cannot write {self._url(key)} at {self.where}: {_boto_text(exc)}"), exit_code=2
-            ) from None
+        except _BOTO_ERRORS as exc:
+            raise self._translate(exc, doing=f"cannot write {self._url(key)}") from None
         return key
+
+    # -- the one translation point -------------------------------------------------------------------
+    def _translate(
+        self,
+        exc: BaseException,
+        *,
+        key: str | None = None,
+        doing: str | None = None,
+        credentials: bool = False,
+    ) -> UploadError:
+        """What a botocore/boto3 failure means here, as imgsync's error: every ``except`` in this class ends here.
+
+        ``key``: an operation on that object failed; an :class:`UploadError` fails that image alone. Otherwise a
+        step of the setup failed, an :class:`S3SetupError` that stops the run: exit 3 when the credentials are
+        missing or refused, else 2. ``doing`` names the step (``"cannot list s3://b/p/"``); without it the step is
+        the bucket check, whose messages say what to fix. ``credentials``: the step was loading them, so any
+        failure is theirs (a timeout there is the instance role's endpoint, not S3's).
+        """
+        if isinstance(exc, S3UploadFailedError) and (exc.__cause__ or exc.__context__) is not None:
+            exc = exc.__cause__ or exc.__context__  # boto3's wrapper repeats the path; the cause says more
+        why = _why(exc)
+        if credentials and why is not _Why.PROFILE:  # a role's endpoint that times out is no S3 endpoint
+            why = _Why.CREDENTIALS
+        text, bucket, where = _boto_text(exc), self.bucket, self.where
+        if key is not None:
+            url = self._url(key)
+            if why is _Why.NO_BUCKET:
+                return UploadError(f"{url}: bucket '{bucket}' does not exist at {where}")
+            if why is _Why.DENIED:
+                return UploadError(redact(f"{url}: S3 at {where} refused access ({text})"))
+            if why is _Why.UNREACHABLE:
+                return UploadError(redact(f"{url}: cannot reach S3 at {where} ({type(exc).__name__})"))
+            return UploadError(redact(f"{url}: {text}"))
+        exit_code = 3 if why in (_Why.PROFILE, _Why.CREDENTIALS, _Why.DENIED) else 2
+        if why is _Why.PROFILE:
+            message = f"{exc}: fix AWS_PROFILE or add the profile to ~/.aws/config"
+        elif why is _Why.ENDPOINT:
+            message = f"S3 endpoint {where}: {exc}"
+        elif why is _Why.CREDENTIALS:
+            message = f"cannot load AWS credentials for S3 bucket '{bucket}': {text}"
+        elif doing is not None:
+            message = f"{doing} at {where}: {text}"
+        elif why in (_Why.NO_BUCKET, _Why.NOT_FOUND):
+            message = (
+                f"S3 bucket '{bucket}' does not exist at {where}: create it, or fix s3.bucket "
+                "(--s3-bucket, IMGSYNC_S3_BUCKET)"
+            )
+        elif why is _Why.DENIED:
+            assert isinstance(exc, ClientError)
+            code, _, status = _error_code(exc)
+            reason = self._denied_reason() or _DENIED_CODES.get(code, f"access denied (HTTP {status})")
+            message = (
+                f"S3 refused access to bucket '{bucket}' at {where}: {reason}. Check the AWS credentials "
+                f"({self._credential_source()}) and that they allow s3:ListBucket on the bucket"
+            )
+        elif why is _Why.WRONG_REGION:
+            message = (
+                f"S3 bucket '{bucket}' is in another region than {where}: set AWS_DEFAULT_REGION (or the "
+                "profile's region) to the bucket's region"
+            )
+        elif why is _Why.UNREACHABLE:
+            message = (
+                f"cannot reach S3 at {where} (bucket '{bucket}'): {text}; check s3.endpoint_url "
+                "and that the server is running"
+            )
+        else:
+            message = f"S3 bucket '{bucket}' at {where} cannot be used: {text}"
+        return S3SetupError(redact(message), exit_code=exit_code)
 
     # -- per object ---------------------------------------------------------------------------------
     def key_for(self, relative: str) -> str:
@@ -428,31 +461,15 @@ class S3Uploader:
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def _upload_error(self, key: str, exc: BaseException) -> UploadError:
-        """One object failed: say which, where and why (the caller adds "upload failed")."""
-        url = self._url(key)
-        if isinstance(exc, ClientError):
-            if _error_code(exc)[0] == "NoSuchBucket":
-                return UploadError(f"{url}: bucket '{self.bucket}' does not exist at {self.where}")
-            if _is_denied(exc):
-                return UploadError(
-                    redact(f"{url}: S3 at {self.where} refused access ({_client_error_text(exc)})")
-                )
-        if isinstance(exc, _CONNECTION_ERRORS):
-            return UploadError(redact(f"{url}: cannot reach S3 at {self.where} ({type(exc).__name__})"))
-        return UploadError(redact(f"{url}: {_boto_text(exc)}"))
-
     def head(self, key: str) -> ObjectInfo | None:
         """What the object holds, or None when it does not exist. ``sha256`` is None for an object not
         written by imgsync. Raises :class:`UploadError`."""
         try:
             reply = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _is_not_found(exc):
+        except _BOTO_ERRORS as exc:
+            if _why(exc) is _Why.NOT_FOUND:
                 return None
-            raise self._upload_error(key, exc) from None
-        except BotoCoreError as exc:
-            raise self._upload_error(key, exc) from None
+            raise self._translate(exc, key=key) from None
         metadata = {str(k).lower(): str(v) for k, v in (reply.get("Metadata") or {}).items()}
         return ObjectInfo(
             sha256=metadata.get("sha256"),
@@ -486,15 +503,8 @@ class S3Uploader:
                     }
                     for item in page.get("Contents") or ()
                 ]
-        except ClientError as exc:
-            raise S3SetupError(
-                redact(f"cannot list {where} at {self.where}: {_client_error_text(exc)}"),
-                exit_code=3 if _is_denied(exc) else 2,
-            ) from None
-        except BotoCoreError as exc:
-            raise S3SetupError(
-                redact(f"cannot list {where} at {self.where}: {_boto_text(exc)}"), exit_code=2
-            ) from None
+        except _BOTO_ERRORS as exc:
+            raise self._translate(exc, doing=f"cannot list {where}") from None
 
     def put(
         self,
@@ -525,16 +535,10 @@ class S3Uploader:
         }
         try:
             self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=self.transfer_config)
-        except S3UploadFailedError as exc:
-            # boto3 wraps the ClientError in a message that repeats the path; the cause says more.
-            cause = exc.__cause__ or exc.__context__
-            raise self._upload_error(key, cause if cause is not None else exc) from None
-        except (BotoCoreError, ClientError) as exc:
-            raise self._upload_error(key, exc) from None
         except OSError as exc:
             raise UploadError(f"{self._url(key)}: cannot read {path}: {exc.strerror or exc}") from None
-        except _TRANSFER_ERRORS as exc:  # the transfer manager's own failures (a part that never completed)
-            raise UploadError(redact(f"{self._url(key)}: {type(exc).__name__}: {exc}")) from None
+        except _BOTO_ERRORS as exc:
+            raise self._translate(exc, key=key) from None
         found = self.head(key)
         if found is None:
             raise UploadError(

@@ -580,3 +580,239 @@ def test_object_without_skip_fields_is_sent_again_with_them_when_the_database_is
     assert summary_of(result.stdout)["uploaded"] == 1
     assert s3.count("PUT", bucket) == puts + 1
     assert objects(s3, bucket)[key_of(img)]["metadata"]["name"] == quote(img.name, safe="")
+
+
+def test_a_profile_that_is_not_there_exits_3_naming_it(
+    env: Env, portal: Portal, s3: LocalS3Server, bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "aws-config"
+    config.write_text("[profile other]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "nightly")
+    portal.reset_stats()
+    result = invoke(env.args(portal, *s3_args(s3, bucket, *all_pairs(portal))))
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "imgsync: error: The config profile (nightly) could not be found: fix AWS_PROFILE or add the profile "
+        "to ~/.aws/config\n"
+    )
+    assert portal.stats.requests == 0
+
+
+def test_a_failing_credential_source_exits_3_with_its_own_words(
+    env: Env, portal: Portal, s3: LocalS3Server, bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A ``credential_process`` (as SSO helpers and vaults use) that fails: exit 3 before any request."""
+    helper = tmp_path / "vault-helper"
+    helper.write_text("#!/bin/sh\necho 'vault sealed' >&2\nexit 1\n")
+    helper.chmod(0o755)
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile nightly]\ncredential_process = {helper}\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "nightly")
+    portal.reset_stats()
+    result = invoke(env.args(portal, *s3_args(s3, bucket, *all_pairs(portal))))
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"imgsync: error: cannot load AWS credentials for S3 bucket '{bucket}': ")
+    assert "vault sealed" in result.stderr  # the helper's own words tell what to fix
+    assert portal.stats.requests == 0
+
+
+def _client_error(code: str, status: int, operation: str = "HeadObject") -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} message"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
+
+
+class _RefusingClient:
+    """Answers the GET that asks why a HEAD was refused, as S3 does (the only call ``_translate`` makes)."""
+
+    def list_objects_v2(self, **_: Any) -> None:
+        raise _client_error("SignatureDoesNotMatch", 403, "ListObjectsV2")
+
+
+def _translation_cases() -> list[Any]:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        CredentialRetrievalError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ProfileNotFound,
+        ReadTimeoutError,
+    )
+    from s3transfer.exceptions import RetriesExceededError
+
+    wrapped = S3UploadFailedError("Failed to upload /x to b/k: An error occurred (AccessDenied)")
+    wrapped.__cause__ = _client_error("AccessDenied", 403, "PutObject")
+    where = "http://127.0.0.1:9"
+    c = pytest.param
+    return [
+        # one object: UploadError (that image fails), never S3SetupError
+        c(
+            "key",
+            _client_error("NoSuchBucket", 404),
+            None,
+            f"s3://b/k: bucket 'b' does not exist at {where}",
+            id="object-no-bucket",
+        ),
+        c(
+            "key",
+            _client_error("AccessDenied", 403),
+            None,
+            f"s3://b/k: S3 at {where} refused access (access denied)",
+            id="object-denied",
+        ),
+        c(
+            "key",
+            wrapped,
+            None,
+            f"s3://b/k: S3 at {where} refused access (access denied)",
+            id="object-denied-wrapped",
+        ),
+        c(
+            "key",
+            EndpointConnectionError(endpoint_url=where),
+            None,
+            f"s3://b/k: cannot reach S3 at {where} (EndpointConnectionError)",
+            id="object-unreachable",
+        ),
+        c(
+            "key",
+            ReadTimeoutError(endpoint_url=where),
+            None,
+            f"s3://b/k: cannot reach S3 at {where} (ReadTimeoutError)",
+            id="object-timeout",
+        ),
+        c(
+            "key",
+            RetriesExceededError(ValueError("part 3")),
+            None,
+            "s3://b/k: RetriesExceededError: Max Retries Exceeded",
+            id="object-transfer",
+        ),
+        c(
+            "key",
+            _client_error("InternalError", 500),
+            None,
+            "s3://b/k: InternalError: InternalError message",
+            id="object-other",
+        ),
+        # the bucket check: S3SetupError, exit 3 for credentials, else 2
+        c(
+            "check",
+            _client_error("404", 404, "HeadBucket"),
+            2,
+            f"S3 bucket 'b' does not exist at {where}: create it, or fix s3.bucket (--s3-bucket, IMGSYNC_S3_BUCKET)",
+            id="check-no-bucket",
+        ),
+        c(
+            "check",
+            _client_error("403", 403, "HeadBucket"),
+            3,
+            f"S3 refused access to bucket 'b' at {where}: the secret key does not match the access key id. Check the AWS credentials (the credentials of the given client) and that they allow s3:ListBucket on the bucket",
+            id="check-denied",
+        ),
+        c(
+            "check",
+            _client_error("301", 301, "HeadBucket"),
+            2,
+            f"S3 bucket 'b' is in another region than {where}: set AWS_DEFAULT_REGION (or the profile's region) to the bucket's region",
+            id="check-region",
+        ),
+        c(
+            "check",
+            EndpointConnectionError(endpoint_url=where),
+            2,
+            f"cannot reach S3 at {where} (bucket 'b'): connection failed (EndpointConnectionError: Could not connect to the endpoint URL: \"{where}\"); check s3.endpoint_url and that the server is running",
+            id="check-unreachable",
+        ),
+        c(
+            "check",
+            _client_error("InternalError", 500, "HeadBucket"),
+            2,
+            f"S3 bucket 'b' at {where} cannot be used: InternalError: InternalError message",
+            id="check-other",
+        ),
+        c(
+            "check",
+            NoCredentialsError(),
+            3,
+            "cannot load AWS credentials for S3 bucket 'b': Unable to locate credentials",
+            id="check-no-credentials",
+        ),
+        c(
+            "check",
+            ProfileNotFound(profile="nightly"),
+            3,
+            "The config profile (nightly) could not be found: fix AWS_PROFILE or add the profile to ~/.aws/config",
+            id="profile",
+        ),
+        # loading credentials: whatever fails there is theirs (an expired SSO login is a plain BotoCoreError)
+        c(
+            "credentials",
+            CredentialRetrievalError(provider="sso", error_msg="token expired"),
+            3,
+            "cannot load AWS credentials for S3 bucket 'b': Error when retrieving credentials from sso: token expired",
+            id="credentials",
+        ),
+        c(
+            "credentials",
+            ReadTimeoutError(endpoint_url="http://169.254.169.254"),
+            3,
+            "cannot load AWS credentials for S3 bucket 'b': connection failed (ReadTimeoutError: Read timeout on "
+            'endpoint URL: "http://169.254.169.254")',
+            id="credentials-role-endpoint-timeout",
+        ),
+        # a step named by its caller
+        c(
+            "list",
+            _client_error("AccessDenied", 403, "ListObjectsV2"),
+            3,
+            f"cannot list s3://b/p/ at {where}: access denied",
+            id="list-denied",
+        ),
+        c(
+            "list",
+            _client_error("SlowDown", 503, "ListObjectsV2"),
+            2,
+            f"cannot list s3://b/p/ at {where}: SlowDown: SlowDown message",
+            id="list-other",
+        ),
+        c(
+            "client",
+            ValueError("Invalid endpoint: x"),
+            2,
+            f"S3 endpoint {where}: Invalid endpoint: x",
+            id="client-endpoint",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("step", "exc", "exit_code", "message"), _translation_cases())
+def test_every_botocore_failure_is_translated_in_one_place(
+    step: str, exc: Exception, exit_code: int | None, message: str
+) -> None:
+    """The table of ``S3Uploader._translate``: which error, which exit code, which words."""
+    uploader = S3Uploader("b", endpoint_url="http://127.0.0.1:9", client=_RefusingClient())
+    kwargs: dict[str, Any] = {
+        "key": {"key": "k"},
+        "check": {},
+        "credentials": {"credentials": True},
+        "list": {"doing": "cannot list s3://b/p/"},
+        "client": {"doing": "cannot set up the S3 client"},
+    }[step]
+    error = uploader._translate(exc, **kwargs)
+    if exit_code is None:
+        assert type(error) is UploadError
+    else:
+        assert type(error) is S3SetupError
+        assert error.exit_code == exit_code
+    assert str(error) == message
