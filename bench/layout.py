@@ -4,8 +4,10 @@
 
 Prints one line per module: lines of code (non-blank, non-comment), then the modules of the package it imports
 (``->``). Also checks the rules of the layout: nothing imports ``cli``; ``bitrix``, ``download``, ``store`` and
-``s3`` import nothing of ours but errors, models and redact; only ``store`` holds SQL naming the ``images`` table's columns. Exit 1 when a
-rule is broken, so it can run in CI.
+``s3`` import nothing of ours but errors, models and redact; the emulator imports nothing of ours but errors and
+models; only ``store`` holds SQL on the ``images`` table; only ``bitrix`` catches ``requests`` errors and only
+``s3`` (and the emulator's S3 server) botocore's, boto3's or s3transfer's. Exit 1 when a rule is broken, so it can
+run in CI (``tests/test_layout.py`` does, and also checks that the README's table names every module).
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ SEPARATE = {"bitrix", "download", "store", "s3"}
 # What the edge modules may import of ours (STYLE.md's table; redact is the one redaction helper).
 LEAF_IMPORTS = {"__init__", "errors", "models", "redact"}
 SQL_ON_IMAGES = re.compile(r"\b(from|into|update)\s+images\b", re.IGNORECASE)
+EMULATOR_IMPORTS = {"errors", "models"}
+# The one translation point of each library's errors (STYLE.md: errors are translated at the edge, once).
+TRANSLATES = {
+    "bitrix": re.compile(r"^\s*except\b.*\brequests\.|\brequests\.exceptions\b", re.MULTILINE),
+    "s3": re.compile(
+        r"^\s*from (botocore|boto3|s3transfer)(\.\w+)*\s+import\s+exceptions\b|"
+        r"^\s*from (botocore|boto3|s3transfer)\.exceptions import",
+        re.MULTILINE,
+    ),
+}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -70,6 +82,13 @@ def main(argv: list[str]) -> int:
             broken.append(f"{name} imports {sorted(imports - LEAF_IMPORTS)}")
         if name != "store" and not name.startswith("emulator") and SQL_ON_IMAGES.search(text):
             broken.append(f"{name} holds SQL on the images table")
+        if name.startswith("emulator"):
+            outside = {i for i in imports if not i.startswith("emulator")} - EMULATOR_IMPORTS
+            if outside:
+                broken.append(f"{name} imports {sorted(outside)}")
+        for owner, pattern in TRANSLATES.items():
+            if name not in (owner, "emulator.s3") and pattern.search(text):
+                broken.append(f"{name} catches the errors that only {owner} translates")
     print(f"{'total':<22} {sum(v[0] for v in modules.values()):>5}")
     for line in broken:
         print(f"rule broken: {line}")
