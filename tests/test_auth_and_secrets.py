@@ -12,7 +12,7 @@ from imgsync.emulator import Portal, make_catalog
 from .conftest import Env, all_pairs, invoke, summary_of
 
 
-def oauth_config(path: Path, portal: Portal, access: str, refresh: str) -> Path:
+def oauth_config(path: Path, portal: Portal, access: str, refresh: str, rate_limit: float = 60.0) -> Path:
     path.write_text(
         "[bitrix24]\n"
         f'portal_url = "{portal.url}"\n'
@@ -21,7 +21,7 @@ def oauth_config(path: Path, portal: Portal, access: str, refresh: str) -> Path:
         f'access_token = "{access}"\n'
         f'refresh_token = "{refresh}"\n'
         f'token_url = "{portal.token_url}"\n'
-        "rate_limit = 60.0\nburst = 10\n"
+        f"rate_limit = {rate_limit}\nburst = 10\n"
     )
     return path
 
@@ -34,10 +34,11 @@ def test_oauth_token_expiring_mid_run_is_renewed_and_the_next_run_uses_the_new_p
     env: Env, tmp_path: Path
 ) -> None:
     catalog = make_catalog(products=20, images_per_product=3, min_size=200, max_size=2000, seed=9)
-    # 60 downloads at 60 requests/s after a burst of 10: about a second, so a 0.3 s token expires mid-run.
-    with Portal(catalog, rate_limit=1000.0, burst=1000, access_token_ttl=0.3) as portal:
+    # About 100 requests at 40 requests/s after a burst of 10: over 2 s, so a 1 s token expires mid-run, while a
+    # renewed one lives long enough to be used on a busy machine (refused at once, it would stop the run).
+    with Portal(catalog, rate_limit=1000.0, burst=1000, access_token_ttl=1.0) as portal:
         access, refresh = portal.issue_tokens()
-        config = oauth_config(tmp_path / "oauth.toml", portal, access, refresh)
+        config = oauth_config(tmp_path / "oauth.toml", portal, access, refresh, rate_limit=40.0)
         result = invoke(sync_args(env, config, "--json", *all_pairs(portal)))
         assert result.exit_code == 0, result.stderr
         assert summary_of(result.stdout)["downloaded"] == 60
@@ -100,7 +101,7 @@ def test_overload_limit_exits_4(env: Env, portal: Portal) -> None:
 @pytest.mark.parametrize("verbosity", ["-v", "-vv"])
 def test_no_secret_in_any_output_or_table(env: Env, tmp_path: Path, verbosity: str) -> None:
     catalog = make_catalog(products=5, images_per_product=2, min_size=100, max_size=500, seed=4)
-    with Portal(catalog, rate_limit=1000.0, burst=1000, access_token_ttl=0.2) as portal:
+    with Portal(catalog, rate_limit=1000.0, burst=1000, access_token_ttl=1.0) as portal:
         access, refresh = portal.issue_tokens()
         config = oauth_config(tmp_path / "oauth.toml", portal, access, refresh)
         portal.deny_product(catalog[0].product_id)
