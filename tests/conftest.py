@@ -114,6 +114,22 @@ def summary_of(stdout: str) -> dict[str, Any]:
     return data
 
 
+def count_images(db: Path, status: str | None = None) -> int:
+    """How many ``images`` rows a database holds (with ``status``, only those), read while a run may be writing
+    it: 0 before the run has created the file or its tables."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:
+        return 0
+    try:
+        where, args = ("where status = ?", (status,)) if status else ("", ())
+        return int(con.execute(f"select count(*) from images {where}", args).fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        con.close()
+
+
 def all_pairs(portal: Portal) -> list[str]:
     return [f"{img.product_id}:{img.image_id}" for img in portal.images()]
 

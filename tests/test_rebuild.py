@@ -31,7 +31,7 @@ from imgsync.rebuild import rebuild_from_s3
 from imgsync.s3 import S3Uploader, encode_skip_fields
 from imgsync.store import Store
 
-from .conftest import Env, all_pairs, invoke, summary_of
+from .conftest import Env, all_pairs, count_images, invoke, summary_of
 
 _names = itertools.count(1)
 # What the skip rule and the backup's whereabouts depend on: a rebuilt row must hold the same.
@@ -415,14 +415,14 @@ def test_rebuild_killed_then_sync_downloads_only_what_was_not_recorded(
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
-            if env.db.exists() and _count(env.db) >= 500:
+            if env.db.exists() and count_images(env.db) >= 500:
                 break
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL, "the rebuild finished before it could be killed"
-    recorded = _count(env.db)
+    recorded = count_images(env.db)
     assert 500 <= recorded < 900
 
     portal.reset_stats()
@@ -437,16 +437,6 @@ def test_rebuild_killed_then_sync_downloads_only_what_was_not_recorded(
     assert portal.stats.downloads_served == 0 and s3.count("PUT", bucket) == puts
     code, after = rebuild(env, s3, bucket, "--merge")
     assert code == 0 and after["listed"] == 900 and after["already_recorded"] + after["recorded"] == 900
-
-
-def _count(db: Path) -> int:
-    con = sqlite3.connect(db, timeout=5)
-    try:
-        return int(con.execute("select count(*) from images").fetchone()[0])
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return 0
-    finally:
-        con.close()
 
 
 # --- memory ----------------------------------------------------------------------------------------------------

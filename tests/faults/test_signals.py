@@ -14,21 +14,8 @@ import pytest
 from imgsync.emulator import Faults, Portal
 from imgsync.store import run_lock
 
+from ..conftest import count_images
 from .conftest import FaultEnv, assert_complete, assert_sound, catalog, pairs_of, temp_files, wait_for
-
-
-def _recorded_ok(db: Path) -> int:
-    """How many images a running sync has committed as backed up (0 before it created its tables)."""
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    except sqlite3.OperationalError:
-        return 0
-    try:
-        return int(con.execute("select count(*) from images where status = 'ok'").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"])
@@ -41,7 +28,7 @@ def test_signal_stops_the_run_and_the_next_run_continues(
     fenv.write_config(workers=2)
     spawned = fenv.spawn(portal, *pairs_of(portal))
     # Recorded, not just served: a body the portal has sent may still be on its way to disk.
-    wait_for(lambda: _recorded_ok(fenv.db) >= 3, what="a few recorded downloads")
+    wait_for(lambda: count_images(fenv.db, "ok") >= 3, what="a few recorded downloads")
     sent = spawned.signal(sig)
     run = fenv.reap(spawned, timeout=30)
     assert time.monotonic() - sent < 5, f"took {time.monotonic() - sent:.1f} s to stop"
