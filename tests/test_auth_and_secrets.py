@@ -43,7 +43,8 @@ def test_oauth_token_expiring_mid_run_is_renewed_and_the_next_run_uses_the_new_p
         assert result.exit_code == 0, result.stderr
         first = summary_of(result.stdout)
         assert first["downloaded"] == 60
-        assert first["duration_s"] > portal.access_token_ttl  # so a token issued before the run expired within it
+        # The premise: a token issued before the run expired within it.
+        assert first["duration_s"] > portal.access_token_ttl
         renewals = portal.stats.by_method["oauth.token"]
         assert renewals >= 1
         con = sqlite3.connect(env.db)
