@@ -67,13 +67,15 @@ def test_smoke_imgsync_and_naive(tmp_path: Path) -> None:
     assert "<!-- bench:begin -->" in md and "<!-- bench:end -->" in md
     assert "| near | 40 | imgsync cold |" in result.stdout
     cold, warm, naive = row(md, "imgsync cold"), row(md, "imgsync warm"), row(md, "naive")
-    # requests, req/image, 503s: one batch and 40 downloads cold, the batch alone warm, 2 per image naive.
-    assert cold[3:6] == ["41", "1.025", "0"]
-    assert warm[3:6] == ["1", "0.025", "0"]
-    assert naive[3:6] == ["80", "2.000", "0"]
+    # Requests: one batch and 40 downloads cold, the batch alone warm, 2 per image naive; a 503 (which a
+    # loaded machine's late timers may provoke) costs exactly one request more, and nothing else does.
+    for cells, needed in ((cold, 41), (warm, 1), (naive, 80)):
+        requests, per_image, answers_503 = int(cells[3]), float(cells[4]), int(cells[5])
+        assert requests - answers_503 == needed, cells
+        assert per_image == pytest.approx(requests / 40, abs=0.001)
     for cells in (cold, warm, naive):
         time_s, bound_s, efficiency = float(cells[6]), float(cells[8]), float(cells[9])
-        assert 0 < bound_s < time_s < 60
+        assert 0 < bound_s < time_s
         assert efficiency == pytest.approx(bound_s / time_s, abs=0.01)
         assert 10 < float(cells[12]) < 500  # peak RSS, MB
     assert cold[10] == ""  # no peer ran: no imgsync/peer ratio
@@ -101,7 +103,15 @@ def test_smoke_imgsync_and_naive(tmp_path: Path) -> None:
 def test_smoke_peer_and_chart(tmp_path: Path) -> None:
     _, md = run_bench(tmp_path, "--clients", "imgsync,peer")
     peer = row(md, "fast-bitrix24 peer")
-    assert peer[3:6] == ["41", "1.025", "0"]
+    assert int(peer[3]) - int(peer[5]) == 41  # one batch, 40 downloads, and one more per 503
     assert float(row(md, "imgsync warm")[10]) < 1  # imgsync/peer
-    assert re.search(r"\| near \| 40 \| (yes|\*\*no\*\*) \(", md)  # the targets table
+    # The targets table says "yes" exactly when the efficiency it shows meets the target.
+    target = re.search(
+        r"\| near \| 40 \| (yes|\*\*no\*\*) \((\d+\.\d+)\) \| (yes|\*\*no\*\*) \((\d+\.\d+)\)", md
+    )
+    assert target is not None, md
+    cold_mark, cold_eff, warm_mark, warm_eff = target.groups()
+    assert (cold_mark == "yes") == (float(cold_eff) >= 0.9)
+    assert (warm_mark == "yes") == (float(warm_eff) >= 0.8)
+    assert float(cold_eff) == pytest.approx(float(row(md, "imgsync cold")[9]), abs=0.01)
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -137,20 +137,18 @@ def test_bad_pacing_and_cap_flags_name_the_flag(
     assert portal.stats.requests == 0
 
 
-def test_pacing_flags_reach_the_client(env: Env, portal: Portal, monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgsync.runner as runner
-
-    seen: dict[str, Any] = {}
-    real = runner.Client
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "Client", spy)
-    result = invoke(env.args(portal, "--rate-limit", "250", "--burst", "300", "--timeout", "7.5", "1:1"))
-    assert result.exit_code in (0, 1), result.stderr
-    assert (seen["rate_limit"], seen["burst"], seen["timeout"]) == (250.0, 300, 7.5)
+def test_pacing_flags_pace_the_run(env: Env, portal: Portal) -> None:
+    # 6 images: one batch and 6 downloads. --burst 2 lets 2 go at once, --rate-limit 1 the rest one a
+    # second: at least 5 s, which the portal's own limits (2/s, 50 at once) would never impose.
+    pairs = all_pairs(portal)[:6]
+    result = invoke(
+        env.args(portal, "--json", "--rate-limit", "1", "--burst", "2", "--timeout", "7.5", *pairs)
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["downloaded"], summary["requests"], portal.stats.requests) == (6, 7, 7)
+    assert summary["duration_s"] >= 4.5
+    assert portal.stats.max_bucket_level <= 3  # never more than the burst in the portal's bucket (+1 drained)
 
 
 # --- the log file -----------------------------------------------------------------------------------------------

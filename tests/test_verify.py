@@ -14,7 +14,7 @@ import pytest
 from imgsync.emulator import Portal
 from imgsync.emulator.s3 import LocalS3Server
 from imgsync.store import Store, run_lock
-from imgsync.verify import VerifyReport, verify
+from imgsync.verify import verify
 
 from .conftest import Env, all_pairs, file_sha256, invoke
 
@@ -130,7 +130,15 @@ def test_a_recorded_path_outside_dest_is_not_followed(synced: Env, tmp_path: Pat
 def test_verify_is_a_callable_core(synced: Env) -> None:
     with Store(synced.db) as store:
         report = verify(store, synced.dest)
-    assert isinstance(report, VerifyReport) and report.clean and report.ok == 30
+    assert (report.clean, report.recorded, report.checked, report.ok) == (True, 30, 30, 30)
+    row = synced.rows()[0]
+    (synced.dest / row["local_path"]).write_bytes(b"damaged")
+    with Store(synced.db) as store:
+        report = verify(store, synced.dest)
+    assert (report.clean, report.ok) == (False, 29)
+    assert [(d.where, d.product_id, d.image_id) for d in report.changed] == [
+        (row["local_path"], row["product_id"], row["image_id"])
+    ]
     with Store(synced.db) as store, pytest.raises(ValueError):
         verify(store, synced.dest, sample=0)
 
