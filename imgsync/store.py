@@ -150,11 +150,54 @@ def _m004_run_totals(db: sqlite_utils.Database) -> None:
     db.table("images").create_index(["last_changed_at"])
 
 
+def _m005_restores(db: sqlite_utils.Database) -> None:
+    # imgsync restore: one row per add sent (the journal that makes each add happen once), where a restored
+    # image went, when an image went missing (restore --missing --since), which command a run was, and the
+    # listing's keys of each item (restore --match xml_id|code on another portal).
+    db.table("restores").create(
+        {
+            "id": int,
+            "run_id": int,
+            "source_db": str,  # the source database of a restore from another portal; null: this one
+            "product_id": int,  # the source image, by the ids it had when it was backed up
+            "image_id": int,
+            "target_product_id": int,
+            "sha256": str,
+            "type": str,
+            "name": str,
+            "state": str,  # sent | done | failed
+            "new_image_id": int,
+            "error": str,
+            "sent_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+    )
+    db.table("restores").create_index(["state"])
+    db.table("restores").create_index(["product_id", "image_id"])
+    for column in ("missing_since", "restored_at"):
+        db.table("images").add_column(column, str)
+    db.table("images").add_column("restored_as", int)
+    # Rows already missing: since their last `missing` event, else since now (the best that is known).
+    db.execute(
+        "update images set missing_since = coalesce((select max(at) from events e where e.product_id = "
+        "images.product_id and e.image_id = images.image_id and e.action = 'missing'), ?) "
+        "where status = 'missing'",
+        [utcnow()],
+    )
+    db.table("images").create_index(["status", "missing_since"])
+    db.table("runs").add_column("command", str)
+    db.execute("update runs set command = 'sync'")
+    for column in ("xml_id", "code", "name"):
+        db.table("products").add_column(column, str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m001_initial),
     (2, "run_state", _m002_run_state),
     (3, "products", _m003_products),
     (4, "run_totals", _m004_run_totals),
+    (5, "restores", _m005_restores),
 ]
 
 
@@ -383,6 +426,8 @@ class Store:
                     updates = ", ".join(
                         f"{c} = coalesce(images.{c}, excluded.{c})"
                         if c == "first_synced_at"
+                        else _KEEP_MISSING_SINCE
+                        if c == "missing_since"
                         else f"{c} = excluded.{c}"
                         for c in cols
                         if c not in ("product_id", "image_id")
@@ -402,8 +447,8 @@ class Store:
             )
 
     # -- runs -------------------------------------------------------------------------------------
-    def start_run(self) -> int:
-        """Record a new run (``running``). Runs still ``running`` from before cannot be: the caller
+    def start_run(self, command: str = "sync") -> int:
+        """Record a new run (``running``) of ``command`` (``sync`` or ``restore``). Runs still ``running`` from before cannot be: the caller
         holds the lock. They crashed; they are marked so, with the counts their events hold."""
         with self._writing() as conn:
             for (run_id,) in conn.execute("select id from runs where state = 'running'").fetchall():
@@ -426,7 +471,7 @@ class Store:
                     ],
                 )
             table = self.db.table("runs")
-            table.insert({"started_at": utcnow(), "state": "running"})
+            table.insert({"started_at": utcnow(), "state": "running", "command": command})
             return int(table.last_pk or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, Any], exit_code: int, error: str = "") -> None:
@@ -814,6 +859,12 @@ class Store:
             return int(self.db.execute("select count(*) from products where status = 'listed'").fetchone()[0])
 
 
+#: A row that turns ``missing`` gets the time; one that already is keeps the time it went missing.
+_KEEP_MISSING_SINCE = (
+    "missing_since = case when images.status = 'missing' and excluded.missing_since is not null "
+    "then coalesce(images.missing_since, excluded.missing_since) else excluded.missing_since end"
+)
+
 _REPLACING = "a newer version was being downloaded when the run stopped"
 
 
@@ -868,9 +919,9 @@ def _columns(outcome: Outcome, now: str) -> dict[str, Any] | None:
         if outcome.upload_error is not None:
             row.update(status="failed", error=outcome.reason)
         else:
-            row.update(status="ok", error=None, first_synced_at=now)
+            row.update(status="ok", error=None, first_synced_at=now, missing_since=None)
     elif outcome.event == Event.MISSING:
-        row.update(status="missing", error=outcome.detail)
+        row.update(status="missing", error=outcome.detail, missing_since=now)
     elif ref.image_id:
         row.update(status="failed", error=outcome.detail)
     else:

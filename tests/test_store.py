@@ -148,6 +148,9 @@ def test_the_products_table_of_migration_3(tmp_path: Path) -> None:
         "first_listed_at",
         "last_listed_at",
         "gone_at",
+        "xml_id",  # migration 5: the listing's keys
+        "code",
+        "name",
     ]
     assert [r[1] for r in info if r[5]] == ["product_id"]
     con.close()
@@ -243,8 +246,20 @@ def test_a_fresh_database_has_exactly_this_schema(tmp_path: Path) -> None:
                     "first_synced_at",
                     "last_checked_at",
                     "last_changed_at",
+                    "missing_since",
+                    "restored_at",
                 )
             ),
+            ("restored_as", integer, 0),
+        ],
+        "restores": [
+            ("id", integer, 1),
+            ("run_id", integer, 0),
+            ("source_db", text, 0),
+            *((c, integer, 0) for c in ("product_id", "image_id", "target_product_id")),
+            *((c, text, 0) for c in ("sha256", "type", "name", "state")),
+            ("new_image_id", integer, 0),
+            *((c, text, 0) for c in ("error", "sent_at", "finished_at")),
         ],
         "runs": [
             ("id", integer, 1),
@@ -256,6 +271,7 @@ def test_a_fresh_database_has_exactly_this_schema(tmp_path: Path) -> None:
             ("error", text, 0),
             ("state", text, 0),
             *((c, integer, 0) for c in RUN_TOTALS),
+            ("command", text, 0),
         ],
         "events": [
             ("id", integer, 1),
@@ -275,7 +291,16 @@ def test_a_fresh_database_has_exactly_this_schema(tmp_path: Path) -> None:
             ("parent_id", integer, 0),
             *(
                 (c, text, 0)
-                for c in ("picture_ids", "status", "first_listed_at", "last_listed_at", "gone_at")
+                for c in (
+                    "picture_ids",
+                    "status",
+                    "first_listed_at",
+                    "last_listed_at",
+                    "gone_at",
+                    "xml_id",
+                    "code",
+                    "name",
+                )
             ),
         ],
     }
@@ -284,4 +309,50 @@ def test_a_fresh_database_has_exactly_this_schema(tmp_path: Path) -> None:
         "idx_images_last_changed_at",
         "idx_events_run_id",
         "idx_events_product_id_image_id",
+        "idx_images_status_missing_since",
+        "idx_restores_state",
     }
+
+
+def test_migration_5_dates_missing_rows_by_their_last_missing_event(tmp_path: Path) -> None:
+    """Rows already ``missing`` before ``missing_since`` existed get the time of their last ``missing``
+    event (else the migration's), so ``restore --missing --since`` selects them truly; earlier runs are
+    syncs."""
+    path = tmp_path / "old.db"
+    with Store(path) as store:
+        store.db.execute("delete from _migrations where id = 5")
+    con = sqlite3.connect(path)
+    con.execute("drop index idx_images_status_missing_since")
+    for table, column in (
+        ("images", "missing_since"),
+        ("images", "restored_at"),
+        ("images", "restored_as"),
+        ("runs", "command"),
+        ("products", "xml_id"),
+        ("products", "code"),
+        ("products", "name"),
+    ):
+        con.execute(f"alter table {table} drop column {column}")
+    con.execute("drop table restores")
+    con.execute("insert into runs (id, started_at, state) values (1, '2026-01-01T00:00:00Z', 'finished')")
+    con.executemany(
+        "insert into images (product_id, image_id, status) values (?, ?, ?)",
+        [(1, 10, "missing"), (1, 11, "missing"), (1, 12, "ok")],
+    )
+    con.executemany(
+        "insert into events (run_id, product_id, image_id, action, detail, at) values (1, ?, ?, ?, '', ?)",
+        [
+            (1, 10, "missing", "2026-03-01T00:00:00Z"),
+            (1, 10, "missing", "2026-03-05T00:00:00Z"),
+            (1, 12, "missing", "2026-03-02T00:00:00Z"),
+        ],
+    )
+    con.commit()
+    con.close()
+    with Store(path) as store:
+        rows = {r["image_id"]: r for r in store.db.query("select * from images")}
+        commands = [r["command"] for r in store.db.query("select command from runs")]
+    assert rows[10]["missing_since"] == "2026-03-05T00:00:00Z"
+    assert rows[11]["missing_since"] is not None and rows[11]["missing_since"] > "2026-03-05"
+    assert rows[12]["missing_since"] is None  # ok now: not missing since anything
+    assert commands == ["sync"]
