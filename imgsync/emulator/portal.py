@@ -155,7 +155,8 @@ class Stats:
 
     ``injected`` counts by kind: ``"503"``, ``"500"``, ``"502"``, ``"504"``, ``"drop"``, ``"cut_json"``,
     ``"empty"``, ``"stall"``, ``"html"``, ``"json_error"``, ``"chunked"``, ``"truncate"``, ``"slow"``, and
-    the switches ``"overload"`` and ``"operation_limit"``. ``download_bytes`` counts body bytes actually
+    the switches ``"overload"`` and ``"operation_limit"``, the writes' ``"add_other_bytes"``,
+    ``"add_drop_answer"``, ``"slow_add"`` and the web tier's ``"413"``. ``download_bytes`` counts body bytes actually
     sent (cut-short bodies included); ``downloads_served`` only complete 200 bodies. ``by_address``
     counts every HTTP request by the ``host:port`` it arrived at (the old address of a renamed portal
     included); ``redirected`` the 302s the old address answered (these are not in ``requests``).
