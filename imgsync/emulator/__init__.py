@@ -266,10 +266,10 @@ Giving images back
   empty -> ``100`` "Required parameter 'fields' is not specified" (``'fileContent'``); no ``productId`` ->
   0 "Product identifier not specified"; unknown product -> 0 "Product is not found"; empty name -> 0 "The
   file name is not specified" (a slash, a backslash or NUL: "...contains invalid characters"; over 255
-  characters: "...is too long"); base64 giving no bytes (empty, ``"!!!!"``, not a string) -> 0 "Could not save image."; an
-  extension other than jpg, bmp, jpeg, jpe, gif, png, webp (any case) -> 0 "Invalid file type";
-  DETAIL/PREVIEW whose bytes are no JPEG, PNG, GIF, WebP or BMP (magic numbers) -> 0 "Invalid file type:
-  the file is not an image". MORE_PHOTO checks the extension only.
+  characters: "...is too long"); base64 giving no bytes (empty, ``"!!!!"``, not a string) -> 0 "Could
+  not save image."; an extension other than jpg, bmp, jpeg, jpe, gif, png, webp (any case) -> 0 "Invalid
+  file type"; DETAIL/PREVIEW whose bytes are no JPEG, PNG, GIF, WebP or BMP (magic numbers) -> 0
+  "Invalid file type: the file is not an image". MORE_PHOTO checks the extension only.
 - Operating time: each applied add adds ``add_operating_s`` (default 1.1 s, the docs' example
   ``processing``) to its method's counter on top of its measured processing, so with ``operating_limit``
   adds run into ``OPERATION_TIME_LIMIT`` like any method (in a batch, per command).

@@ -148,7 +148,7 @@ class ImageWrites:
     # ----------------------------------------------------------------- the methods
 
     def add(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
-        """``catalog.productImage.add``: check, (sleep ``slow_add``,) store, count, answer ``productImage``."""
+        """``catalog.productImage.add``: check, sleep ``slow_add``, store, count, answer ``productImage``."""
         portal = self._portal
         if not portal.admin:
             raise _error(_NO_RIGHTS, "Access Denied")
