@@ -158,9 +158,9 @@ class Stats:
     the switches ``"overload"`` and ``"operation_limit"``, the writes' ``"add_other_bytes"``,
     ``"add_drop_answer"``, ``"slow_add"`` and the web tier's ``"413"``. ``download_bytes`` counts body
     bytes actually sent (cut-short bodies included); ``downloads_served`` only complete 200 bodies.
-    ``by_address`` counts every HTTP request by the ``host:port`` it arrived at (the old address of a renamed portal
-    included); ``redirected`` the 302s the old address answered (these are not in ``requests``).
-    ``adds`` counts applied ``catalog.productImage.add`` calls (batch commands included), ``add_bytes``
+    ``by_address`` counts every HTTP request by the ``host:port`` it arrived at (the old address of a
+    renamed portal included); ``redirected`` the 302s the old address answered (these are not in
+    ``requests``). ``adds`` counts applied ``catalog.productImage.add`` calls (batch commands included), ``add_bytes``
     the decoded bytes they received, ``deletes`` applied ``catalog.productImage.delete`` calls.
     """
 
