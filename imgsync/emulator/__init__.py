@@ -34,7 +34,8 @@ Endpoints
 - ``/rest/{user}/{code}/{method}[.json]`` (webhook) and ``/rest/{method}[.json]`` with ``auth`` in the
   query string or the body (OAuth); GET or POST; parameters from the query string, then a JSON or form
   body on top (PHP bracket syntax: ``select[]=id``). Method names are case-insensitive.
-- Methods: ``catalog.productImage.get``, ``catalog.productImage.list``, ``catalog.catalog.list``,
+- Methods: ``catalog.productImage.get``, ``catalog.productImage.list``, ``catalog.productImage.add``,
+  ``catalog.productImage.delete`` (see "Giving images back"), ``catalog.catalog.list``,
   ``catalog.product.list``, ``catalog.product.sku.list``, ``catalog.product.offer.list``,
   ``catalog.product.service.list``, ``catalog.productProperty.list`` (all scope ``catalog``),
   ``batch``, plus ``scope`` and ``server.time`` (no scope needed). Anything else (also
@@ -44,7 +45,8 @@ Endpoints
 - ``/oauth/token/``: the OAuth server (refresh grant only).
 - Any other path: 404 with nginx's HTML body.
 
-Order of checks for a REST call: count it -> ``overload`` -> injected faults -> leaky bucket -> parse
+Order of checks for a REST call: (any request: a body over ``max_request_bytes`` -> nginx's 413) -> count
+it -> ``overload`` -> injected faults -> leaky bucket -> parse
 parameters -> auth -> method exists -> scope -> operation limit, then the time budget -> the method (which
 checks ``admin``, then its parameters). Every answer is delayed by
 ``latency`` seconds (slept in the connection's thread, no lock held); the OAuth endpoint is not.
@@ -79,7 +81,8 @@ Results
   every image of the product in id order on one page (``start`` is ignored, no ``next``; the notes §12:
   no cap at 50); ``select`` keeps only the named fields. A product whose images were all deleted still
   exists (``total: 0``). With ``image_page_size=N`` (the docs leave paging open) ``list`` answers pages
-  of N: ``start`` as for other lists, ``next`` when more follow, ``start=-1`` without ``total``.
+  of N: ``start`` as for other lists, ``next`` when more follow, ``start=-1`` without ``total``. Two
+  other readings (notes §13.5, see below): ``image_list_cap`` and ``image_list_ignore_start``.
 - ``time``: ``start``, ``finish``, ``duration``, ``processing``, ``date_start``, ``date_finish`` (in
   +02:00), ``operating`` and ``operating_reset_at`` (see "Operating time"). A list answer puts ``next``
   (when a further page exists) and ``total`` (unless ``start=-1``) beside ``result``.
@@ -238,6 +241,68 @@ client and a real portal; the docs describe none of them, so their shapes are th
 - ``rate_stall`` (REST and/or downloads): the real answer's headers (full Content-Length) and half its
   body, then nothing for ``stall_seconds`` (default 30), then the rest; only a client read timeout
   gets past it. ``portal.stop()`` ends every stall at once and drops its connection.
+
+Giving images back
+------------------
+``catalog.productImage.add`` and ``catalog.productImage.delete`` (:mod:`.writes`; notes §15), direct or as
+``batch`` commands, scope ``catalog``.
+
+- add: ``fields`` = ``{productId, type}``, ``fileContent`` = ``[name, base64]`` (a PHP array ``{"0": name,
+  "1": base64}`` too). In a JSON body as sent; form-encoded or inside ``batch`` PHP-style
+  (``fields[productId]=12&fields[type]=MORE_PHOTO&fileContent[0]=a.png&fileContent[1]=<base64>``), where the
+  base64 must be percent-encoded: ``%2B`` ``%2F`` ``%3D`` arrive intact; a bare ``+`` reads as a space,
+  as in PHP. The base64 is decoded as PHP's non-strict ``base64_decode``: characters outside the alphabet
+  (that space included) are skipped and ``=`` ignored, so a stray ``+`` shifts the bits and other bytes
+  are stored, without an error.
+- Answer: ``{"result": {"productImage": {...as get...}}, "time"}``; a new image id (above every id that
+  ever existed, so a deleted id never comes back) and a new file id. The image is then seen by ``get``,
+  ``list``, downloads and the listings. The stored bytes are the decoded bytes, unchanged.
+- ``type`` ``DETAIL_PICTURE`` / ``PREVIEW_PICTURE``: the new image replaces the product's images of that
+  type (a real product has one; make_catalog's second ``DETAIL_PICTURE`` goes too): their ids answer
+  "Image is not found", their links 404. Any other ``type`` (a typo, lower case, empty, none) is
+  ``MORE_PHOTO``, which appends: the same bytes twice make two images with two ids.
+- Checks, in order (HTTP 400, ``{"error", "error_description"}``): ``admin`` off or the product denied
+  (:meth:`Portal.deny_product`) -> ``200040300020`` "Access Denied"; ``fields`` / ``fileContent`` missing or
+  empty -> ``100`` "Required parameter 'fields' is not specified" (``'fileContent'``); no ``productId`` ->
+  0 "Product identifier not specified"; unknown product -> 0 "Product is not found"; empty name -> 0 "The
+  file name is not specified" (a slash, a backslash or NUL: "...contains invalid characters"; over 255
+  characters: "...is too long"); base64 giving no bytes (empty, ``"!!!!"``, not a string) -> 0 "Could
+  not save image."; an extension other than jpg, bmp, jpeg, jpe, gif, png, webp (any case) -> 0 "Invalid
+  file type"; DETAIL/PREVIEW whose bytes are no JPEG, PNG, GIF, WebP or BMP (magic numbers) -> 0
+  "Invalid file type: the file is not an image". MORE_PHOTO checks the extension only.
+- Operating time: each applied add adds ``add_operating_s`` (default 1.1 s, the docs' example
+  ``processing``) to its method's counter on top of its measured processing, so with ``operating_limit``
+  adds run into ``OPERATION_TIME_LIMIT`` like any method (in a batch, per command).
+- delete: ``productId``, ``id`` -> ``result: true``; the image goes (a DETAIL/PREVIEW field empties, a
+  MORE_PHOTO value is removed). Errors: ``200040300020`` as for add; 100 for a missing or non-integer
+  ``productId``/``id``; 0 "Product is not found"; 0 "Image is not found" (also for an image of another
+  product).
+- Stats: ``stats.adds`` (applied adds), ``stats.add_bytes`` (their decoded bytes, as sent),
+  ``stats.deletes``; ``by_method`` / ``batch_commands`` count calls as for every method.
+- Faults (:class:`Faults`, counted in ``stats.injected`` under their names): ``add_other_bytes=N`` (the next
+  N adds) / ``rate_add_other_bytes`` store the sent bytes plus one zero byte; ``add_drop_answer=N`` /
+  ``rate_add_drop_answer`` apply the add, then close the connection without a byte of answer (a batch
+  runs every command first); ``slow_add`` seconds are slept in each add before it is applied (a client
+  that times out finds the add done later).
+- ``max_request_bytes`` (None: no limit): a request whose body is longer gets nginx's ``413 Request Entity
+  Too Large`` HTML page (``text/html``) before the portal sees it: not counted in ``requests``, the bucket
+  or ``by_method``; ``stats.injected["413"]``.
+- Test helper: :meth:`Portal.gallery` -> ``[(image id, type, sha256 of the stored bytes), ...]`` by id.
+
+Other readings of the open points
+---------------------------------
+Each a Portal attribute, settable while it runs, defaulting to the behaviour above (notes §13):
+
+- listing picture ids (§13 / §12): ``listing_ids_match=False`` shows file ids (from 7001), not image ids.
+- ``list`` at most N images (§13.5): ``image_list_cap=50`` shows the first 50 by id, ``total`` 50, no
+  ``next``, however many the product has.
+- ``list`` ignores ``start`` (§13.5): ``image_list_ignore_start=True`` answers pages (``image_page_size``, or
+  50) that are always the first one, with ``next`` = the page size while more exist: a client that
+  follows ``next`` blindly loops.
+- refresh tokens (§13.8): ``rotate_refresh_tokens=True`` (default) kills the old refresh token at once;
+  ``False`` keeps it valid.
+- webhook download links (§13.1): ``link_ttl`` seconds (default 3600) and ``one_time_links`` (single use)
+  apply to webhook links as to OAuth ones.
 
 A renamed portal
 ----------------

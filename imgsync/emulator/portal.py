@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from . import listing
+from . import listing, readings, writes
 from .catalog import (
     EMPTY_SKU,
     FREE_OFFER,
@@ -101,6 +101,13 @@ class Faults:
     file without Content-Length, ``Transfer-Encoding: chunked``). A stall sends the real answer's headers
     and half its body, then waits ``stall_seconds`` before the rest (the wait ends, and the connection
     drops, when the portal stops). The OAuth endpoint is never faulted.
+
+    ``catalog.productImage.add`` only (see :mod:`.writes`): ``add_other_bytes`` (the next N adds) and
+    ``rate_add_other_bytes`` store the sent bytes with one zero byte appended; ``add_drop_answer`` (the
+    next N adds) and ``rate_add_drop_answer`` apply the add, then drop the connection without an answer
+    (a batch runs all its commands first); ``slow_add`` sleeps that many seconds in each add before it is
+    applied (no lock held). Counted in ``stats.injected`` as ``"add_other_bytes"``, ``"add_drop_answer"``,
+    ``"slow_add"``.
     """
 
     rate_503: float = 0.0
@@ -120,6 +127,11 @@ class Faults:
     html_downloads: int = 0
     rate_json_download: float = 0.0
     chunked_downloads: bool = False
+    add_other_bytes: int = 0
+    rate_add_other_bytes: float = 0.0
+    add_drop_answer: int = 0
+    rate_add_drop_answer: float = 0.0
+    slow_add: float = 0.0
     _rng: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -143,10 +155,13 @@ class Stats:
 
     ``injected`` counts by kind: ``"503"``, ``"500"``, ``"502"``, ``"504"``, ``"drop"``, ``"cut_json"``,
     ``"empty"``, ``"stall"``, ``"html"``, ``"json_error"``, ``"chunked"``, ``"truncate"``, ``"slow"``, and
-    the switches ``"overload"`` and ``"operation_limit"``. ``download_bytes`` counts body bytes actually
-    sent (cut-short bodies included); ``downloads_served`` only complete 200 bodies. ``by_address``
-    counts every HTTP request by the ``host:port`` it arrived at (the old address of a renamed portal
-    included); ``redirected`` the 302s the old address answered (these are not in ``requests``).
+    the switches ``"overload"`` and ``"operation_limit"``, the writes' ``"add_other_bytes"``,
+    ``"add_drop_answer"``, ``"slow_add"`` and the web tier's ``"413"``. ``download_bytes`` counts body
+    bytes actually sent (cut-short bodies included); ``downloads_served`` only complete 200 bodies.
+    ``by_address`` counts every HTTP request by the ``host:port`` it arrived at (the old address of a
+    renamed portal included); ``redirected`` the 302s the old address answered (these are not in
+    ``requests``). ``adds`` counts applied ``catalog.productImage.add`` calls (batch commands included), ``add_bytes``
+    the decoded bytes they received, ``deletes`` applied ``catalog.productImage.delete`` calls.
     """
 
     requests: int = 0
@@ -160,6 +175,9 @@ class Stats:
     max_bucket_level: float = 0.0
     by_address: Counter[str] = field(default_factory=Counter)
     redirected: int = 0
+    adds: int = 0
+    add_bytes: int = 0
+    deletes: int = 0
 
     def copy(self) -> Stats:
         return replace(
@@ -183,6 +201,9 @@ class Stats:
             "max_bucket_level": self.max_bucket_level,
             "by_address": dict(self.by_address),
             "redirected": self.redirected,
+            "adds": self.adds,
+            "add_bytes": self.add_bytes,
+            "deletes": self.deletes,
         }
 
     def __getitem__(self, key: str) -> Any:
@@ -229,6 +250,8 @@ _METHODS = {
     for m in (
         _Method("catalog.productImage.get", "catalog", "_m_get"),
         _Method("catalog.productImage.list", "catalog", "_m_list"),
+        _Method("catalog.productImage.add", "catalog", "_m_add"),
+        _Method("catalog.productImage.delete", "catalog", "_m_delete"),
         _Method("catalog.catalog.list", "catalog", "_m_catalogs"),
         _Method("catalog.product.list", "catalog", "_m_products"),
         _Method("catalog.product.sku.list", "catalog", "_m_skus"),
@@ -470,6 +493,10 @@ class Portal:
         cost_per_call: float = 0.0,
         method_cost: dict[str, float] | None = None,
         operating_window: float = OPERATING_WINDOW,
+        add_operating_s: float = writes.ADD_OPERATING_S,
+        max_request_bytes: int | None = None,
+        image_list_cap: int | None = None,
+        image_list_ignore_start: bool = False,
     ) -> None:
         self.rate_limit = rate_limit
         self.burst = burst
@@ -496,6 +523,14 @@ class Portal:
         self.cost_per_call = cost_per_call
         self.method_cost = {_canonical(k): v for k, v in (method_cost or {}).items()}
         self.operating_window = operating_window
+        #: Operating seconds each applied catalog.productImage.add adds to its method's budget.
+        self.add_operating_s = add_operating_s
+        #: Request bodies larger than this many bytes get nginx's 413 page (None: no limit).
+        self.max_request_bytes = max_request_bytes
+        #: catalog.productImage.list shows only the first N images, no next (notes §13.5; None: all).
+        self.image_list_cap = image_list_cap
+        #: catalog.productImage.list pages ignore start: the first page again, with a next (notes §13.5).
+        self.image_list_ignore_start = image_list_ignore_start
         self.overload = False
         self.faults = Faults()
         #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
@@ -513,6 +548,7 @@ class Portal:
         self._refresh: set[str] = set()
         self._used_links: set[str] = set()
         self._secret = secrets.token_bytes(32)
+        self._writes = writes.ImageWrites(self)
 
         # Counters, the bucket and the operating-time baskets.
         self._lock = threading.Lock()
@@ -646,6 +682,7 @@ class Portal:
         if image.image_id in product:
             raise ValueError(f"image {image.product_id}:{image.image_id} already exists")
         stored = _Stored(image, next(self._file_ids))
+        self._writes.note_id(image.image_id)
         product[image.image_id] = stored
         self._files[stored.file_id] = stored
         return image
@@ -661,8 +698,7 @@ class Portal:
         with self._state_lock:
             if image is None:
                 if "image_id" not in fields:
-                    ids = [iid for product in self._products.values() for iid in product]
-                    fields["image_id"] = max(ids, default=999) + 1
+                    fields["image_id"] = self._writes.next_image_id()
                 fields.setdefault("name", f"photo-{fields['image_id']}.jpg")
                 image = CatalogImage(**fields)
             return self._insert(image)
@@ -773,6 +809,11 @@ class Portal:
     def image(self, product_id: int, image_id: int) -> CatalogImage:
         with self._state_lock:
             return self._products[product_id][image_id].image
+
+    def gallery(self, product_id: int) -> list[tuple[int, str, str]]:
+        """``(image id, type, sha256 of the stored bytes)`` of each image of a product, by id (``[]`` for
+        an unknown product): what tests assert on, e.g. that no bytes were added twice."""
+        return self._writes.gallery(product_id)
 
     def images(self) -> list[CatalogImage]:
         """Every image, ordered by (product id, image id)."""
@@ -980,6 +1021,9 @@ class Portal:
         with self._lock:
             self._stats.by_address[f"127.0.0.1:{self._port}"] += 1
         try:
+            refused = writes.too_large(self, request)
+            if refused is not None:
+                return refused
             segs = [s for s in request.path.split("/") if s]
             if segs and segs[0] == "rest":
                 if len(segs) == 2 and segs[1].lower() == "download.json":
@@ -1000,7 +1044,8 @@ class Portal:
         early, mangle = self._admit(method.name if method else raw or "(none)", "rest", counted=True)
         if early is not None:
             return early
-        return self._mangle(self._rest_answer(request, hook, method), mangle)
+        self._writes.begin()
+        return self._writes.finish(self._mangle(self._rest_answer(request, hook, method), mangle))
 
     def _rest_answer(self, request: Request, hook: tuple[str, str] | None, method: _Method | None) -> Reply:
         delay = self.latency
@@ -1184,22 +1229,17 @@ class Portal:
         select = _select(params)
         with self._state_lock:
             found = sorted(self._lookup(product_id).items())
-        total: int | None = len(found)
-        following = None
-        size = self.image_page_size
-        if size:
-            try:
-                start = int(params.get("start") or 0)
-            except (TypeError, ValueError):
-                start = 0
-            if start < 0:
-                found, total = found[:size], None
-            else:
-                if start + size < len(found):
-                    following = start + size
-                found = found[start : start + size]
+        found, total, following = readings.image_page(
+            found, params, self.image_page_size, self.image_list_cap, self.image_list_ignore_start
+        )
         images = [self._image_json(stored, cred, select) for _, stored in found]
         return {"productImages": images}, total, following
+
+    def _m_add(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
+        return self._writes.add(params, cred)
+
+    def _m_delete(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
+        return self._writes.delete(params, cred)
 
     # The whole catalog.
 
