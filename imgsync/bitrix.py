@@ -8,6 +8,8 @@ leaves this module.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
 import random
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -39,10 +41,12 @@ from .errors import (
     OperationTimeLimit,
     PortalAddressError,
     PortalUnavailable,
+    RequestTooLarge,
+    SendUnknown,
     TokenExpired,
     TransientError,
 )
-from .models import ImageRef, PortalImage
+from .models import ImageRef, ImageUpload, PortalImage
 from .redact import redact, redact_url, register_secret
 
 log = logging.getLogger(__name__)
@@ -724,11 +728,18 @@ class Client:
                 self.answers_429 += resp.status_code == 429
         return resp
 
-    def call(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def call(
+        self, method: str, params: Mapping[str, Any] | None = None, *, once: bool = False
+    ) -> dict[str, Any]:
         """Call one REST method and return the whole answer (``result``, ``time``, ...).
 
         Retries what may be retried; raises :class:`AuthError`, :class:`PortalUnavailable` or the
         method's own error (an :class:`ImageError`) otherwise.
+
+        ``once=True`` is for a request that changes the portal (an add): it is sent again only after an
+        answer that proves it was not run (the bucket's 503, the time limit's 429, an expired token, a
+        connection never made). Any other failure (a dropped connection, a timeout, a 5xx, a body that is
+        not JSON) raises :class:`SendUnknown`: the portal may have run it, and the caller looks first.
         """
         renewed = False
         unreachable = 0
@@ -749,6 +760,9 @@ class Client:
                     if resp.status_code in _REDIRECTS:
                         self._follow_move(url, resp)
                         continue
+                    if resp.status_code == 413:
+                        resp.close()
+                        raise RequestTooLarge(f"HTTP 413 for a {method} request of {_body_size(body)} bytes")
                     data = self._parse(resp)
                 if method != "batch":
                     self.operating.note(method, data.get("time"))
@@ -760,6 +774,10 @@ class Client:
                 renewed = True
                 continue
             except TransientError as exc:
+                if once and exc.code.upper() not in _NOT_RUN:
+                    raise SendUnknown(
+                        f"{method}: no sure answer ({exc.message}); it may have been run"
+                    ) from None
                 last = exc
                 unreachable = unreachable + 1 if exc.code == UNREACHABLE else 0
                 if unreachable >= UNREACHABLE_ATTEMPTS:
@@ -995,6 +1013,54 @@ class Client:
                 break
         return out
 
+    # -- adds: sent once ------------------------------------------------------------------------------
+    def add_images(self, adds: Sequence[ImageUpload]) -> list[PortalImage | ImgsyncError]:
+        """``catalog.productImage.add`` for each of ``adds``, in ONE request: a direct call for one, else
+        ``batch`` commands (in order: the portal runs a batch's commands one after another), whose
+        parameters travel as a URL-encoded query string (notes §15).
+
+        Returns, per add in order, the new image (its new id, the name the portal gave it, a fresh link)
+        or the error: an :class:`ImageError` the portal answered (nothing was added), or a
+        :class:`TransientError` that proves the command was not run (it may be sent again). The request
+        is never sent twice: without a sure answer it raises :class:`SendUnknown`, and the adds may have
+        happened. Waits for the add method's operating-time budget first, as every call does.
+        """
+        if not adds or len(adds) > BATCH_SIZE:
+            raise ValueError(f"add_images takes 1 to {BATCH_SIZE} adds, got {len(adds)}")
+        method = "catalog.productImage.add"
+        if len(adds) == 1:
+            add = adds[0]
+            try:
+                data = self.call(method, _add_params(add), once=True)
+            except ImageError as exc:
+                return [exc]
+            except TransientError as exc:  # proven not run, and out of attempts
+                return [exc]
+            return [_added_image(data.get("result"), add)]
+        commands = {f"a{n}": f"{method}?{urlencode(_flat(_add_params(add)))}" for n, add in enumerate(adds)}
+        with self.operating.reserve({method: len(adds)}, self._sleep):
+            data = self.call("batch", {"halt": 0, "cmd": commands}, once=True)
+        result = data.get("result")
+        results, errors = _section(result, "result"), _section(result, "result_error")
+        for timing in _section(result, "result_time").values():
+            self.operating.note(method, timing)
+        out: list[PortalImage | ImgsyncError] = []
+        for key, add in zip(commands, adds, strict=True):
+            if key in errors:
+                payload = errors[key] if isinstance(errors[key], dict) else {"error": errors[key]}
+                err = classify(0, payload)
+                if err.fatal:
+                    raise err
+                if isinstance(err, TransientError) and err.code.upper() not in _NOT_RUN:
+                    # e.g. INTERNAL_SERVER_ERROR inside the batch: the add may have been made.
+                    raise SendUnknown(f"{method} in a batch: {err.message}; it may have been run")
+                out.append(err if isinstance(err, TransientError) else _as_image_error(err))
+            elif key in results:
+                out.append(_added_image(results[key], add))
+            else:
+                raise SendUnknown(f"{method} in a batch: the answer says nothing of command {key}")
+        return out
+
     # -- downloads ----------------------------------------------------------------------------------
     def download(self, image: PortalImage, write: Callable[[PortalImage, Body], T]) -> tuple[PortalImage, T]:
         """Download ``image``'s file and hand the body to ``write(image, body)``; return what it returned.
@@ -1094,6 +1160,53 @@ class Listing:
 
     images: tuple[PortalImage, ...]
     complete: bool = True
+
+
+#: Failures that prove a request was not run: the bucket's 503, the time limit's 429, no connection made.
+_NOT_RUN = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT", UNREACHABLE})
+
+
+def _body_size(body: Any) -> int:
+    try:
+        return len(json.dumps(body))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _add_params(add: ImageUpload) -> dict[str, Any]:
+    encoded = base64.b64encode(add.content).decode("ascii")
+    return {"fields": {"productId": add.product_id, "type": add.type}, "fileContent": [add.name, encoded]}
+
+
+def _flat(params: Mapping[Any, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """PHP-style query pairs (``fields[productId]=12``, ``fileContent[0]=a.png``) of nested params."""
+    out: list[tuple[str, str]] = []
+    for key, value in params.items():
+        name = f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out += _flat(value, name)
+        elif isinstance(value, list | tuple):
+            out += _flat(dict(enumerate(value)), name)
+        else:
+            out.append((name, str(value)))
+    return out
+
+
+def _added_image(result: Any, add: ImageUpload) -> PortalImage | ImgsyncError:
+    item = result.get("productImage") if isinstance(result, dict) else None
+    if not isinstance(item, dict):
+        return SendUnknown(
+            "catalog.productImage.add: an answer without the new image; it may have been added"
+        )
+    try:
+        image = PortalImage.from_api(item, ImageRef(add.product_id, 0))
+    except (TypeError, ValueError):
+        return SendUnknown(
+            "catalog.productImage.add: an answer with a malformed image; it may have been added"
+        )
+    if not image.image_id:
+        return SendUnknown("catalog.productImage.add: an answer without the new image's id")
+    return image
 
 
 def _as_image_error(err: ImgsyncError) -> ImageError:

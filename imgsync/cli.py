@@ -563,6 +563,265 @@ def _echo_failures(summary: Summary) -> None:
 
 @cli.command()
 @config_option
+@click.argument("pairs", nargs=-1, metavar="[PRODUCT_ID:IMAGE_ID]...")
+@click.option(
+    "--csv", "csv_paths", multiple=True, metavar="PATH", help="CSV of recorded pairs (- reads stdin)."
+)
+@click.option(
+    "--product",
+    "products",
+    multiple=True,
+    type=click.IntRange(min=1),
+    metavar="ID",
+    help="Every recorded image of this product (repeatable).",
+)
+@click.option(
+    "--products-file",
+    "products_files",
+    multiple=True,
+    metavar="PATH",
+    help="Product ids, one a line, or a CSV with a productId column (repeatable; - reads stdin).",
+)
+@click.option("--missing", is_flag=True, help="Every image recorded missing.")
+@click.option(
+    "--since",
+    default=None,
+    metavar="WHEN",
+    help="With --missing: those that went missing since then (2026-12-01, 36h, 2d).",
+)
+@click.option(
+    "--to",
+    "to_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the backups into this folder instead of the portal (no portal call).",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Restore into a taken DETAIL/PREVIEW slot (the picture there is backed up first).",
+)
+@click.option("--force", is_flag=True, help="Send again what the portal stored with other bytes before.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (read calls only), change nothing.")
+@click.option("--webhook", default=None, metavar="URL", help="Incoming webhook URL of the target portal.")
+@click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the backups are in.")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
+@click.option("--s3/--no-s3", "s3", default=None, help="Read backups from S3 too (overrides s3.enabled).")
+@click.option("--s3-bucket", default=None)
+@click.option("--s3-prefix", default=None)
+@click.option("--s3-endpoint-url", default=None, help="For MinIO, Ceph, R2, ...")
+@click.option(
+    "--workers", default=None, metavar="N|auto", help="Accepted as for sync (adds go one request at a time)."
+)
+@click.option("--rate-limit", default=None, metavar="N", help="Requests per second (bitrix24.rate_limit).")
+@click.option("--burst", default=None, metavar="N", help="Leaky-bucket size (bitrix24.burst).")
+@click.option("--timeout", default=None, metavar="SECONDS", help="Per HTTP request (bitrix24.timeout).")
+@click.option("--max-duration", default=None, metavar="TIME", help="Stop sending after this long: 90m, 6h.")
+@click.option(
+    "--max-bytes", default=None, metavar="SIZE", help="Stop sending after this many bytes: 20G, 512M."
+)
+@click.option("--log-file", default=None, metavar="PATH", help="Append log lines to this file.")
+@click.option(
+    "--metrics-file", default=None, metavar="PATH", help="Write Prometheus metrics there at the end."
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout at the end.")
+@click.option("-v", "--verbose", "more_verbose", count=True, help="More log lines.")
+@click.option("-q", "--quiet", "more_quiet", is_flag=True, help="Only errors (and each failed image).")
+@click.pass_context
+def restore(
+    ctx: click.Context,
+    pairs: tuple[str, ...],
+    csv_paths: tuple[str, ...],
+    products: tuple[int, ...],
+    products_files: tuple[str, ...],
+    missing: bool,
+    since: str | None,
+    to_dir: str | None,
+    replace: bool,
+    force: bool,
+    dry_run: bool,
+    webhook: str | None,
+    dest: str | None,
+    db: str | None,
+    s3: bool | None,
+    s3_bucket: str | None,
+    s3_prefix: str | None,
+    s3_endpoint_url: str | None,
+    workers: str | None,
+    rate_limit: str | None,
+    burst: str | None,
+    timeout: str | None,
+    max_duration: str | None,
+    max_bytes: str | None,
+    log_file: str | None,
+    metrics_file: str | None,
+    progress: bool | None,
+    as_json: bool,
+    more_verbose: int,
+    more_quiet: bool,
+) -> None:
+    """Put backed-up images back on the portal (or into a folder with --to), checked byte for byte."""
+    from .restore import RestoreRequest, RestoreSummary, run_restore
+    from .restore.select import Selection
+
+    if not (pairs or csv_paths or products or products_files or missing):
+        raise click.UsageError(
+            "nothing to restore: give PRODUCT_ID:IMAGE_ID pairs, --csv PATH, --product ID, --products-file PATH "
+            "or --missing"
+        )
+    if since is not None and not missing:
+        raise click.UsageError("--since goes with --missing")
+    if more_verbose or more_quiet:
+        ctx.obj["verbose"] += more_verbose
+        ctx.obj["quiet"] = ctx.obj["quiet"] or more_quiet
+        if ctx.obj["verbose"] and ctx.obj["quiet"]:
+            raise click.UsageError("-v and -q cannot be used together")
+    show_bar = (
+        (sys.stderr.isatty() if progress is None else progress) and not dry_run and not ctx.obj["quiet"]
+    )
+    _setup_logging(ctx.obj["verbose"], ctx.obj["quiet"], progress=show_bar)
+    bar = _TqdmProgress(show_bar)
+    started = time.time()
+    settings: Settings | None = None
+    handler: logging.Handler | None = None
+    outcome: dict[str, Any] | None = None
+
+    def finish(summary: RestoreSummary | None, *, error: str | None = None, code: int | None = None) -> None:
+        nonlocal outcome
+        bar.close()
+        data = (summary or RestoreSummary(complete=False, plan=[] if dry_run else None)).as_json()
+        if error:
+            data["error"], data["complete"] = redact(error), False
+        if code is not None:
+            data["exit_code"] = code
+        outcome = data
+        if as_json:
+            click.echo(json.dumps(data))
+        if summary is None:
+            return
+        if _stderr_level > logging.WARNING:
+            for failure in summary.failures:
+                click.echo(f"imgsync: failed {_failure_text(failure)}", err=True)
+        if not as_json and not ctx.obj["quiet"]:
+            where = f" (run {summary.run_id})" if summary.run_id else ""
+            verb = "would restore" if dry_run else "restored"
+            click.echo(
+                f"{summary.selected} selected: {verb} {summary.restored}, present {summary.present}, "
+                f"slot taken {summary.skipped}, failed {summary.failed}, deferred {summary.deferred} "
+                f"in {summary.duration_s:.1f} s{where}",
+                err=True,
+            )
+            for failure in summary.failures[:10]:
+                click.echo(f"  failed {_failure_text(failure)}", err=True)
+
+    def show(plan: Any) -> None:
+        info = plan.as_json()
+        target = info["target_product_id"]
+        to = f" -> {target}" if target is not None and target != info["product_id"] else ""
+        click.echo(
+            f"{info['action']:<12} {info['product_id']}:{info['image_id']}{to}  {info['reason']}"
+            + (f"  [{info['name']}]" if info["name"] else "")
+        )
+
+    with _handle_errors():
+        try:
+            try:
+                settings = _settings(
+                    ctx,
+                    webhook_url=webhook,
+                    dest=dest,
+                    db=db,
+                    s3_enabled=s3,
+                    s3_bucket=s3_bucket,
+                    s3_prefix=s3_prefix,
+                    s3_endpoint_url=s3_endpoint_url,
+                    workers=workers,
+                    rate_limit=rate_limit,
+                    burst=burst,
+                    timeout=timeout,
+                    max_duration_s=max_duration,
+                    max_bytes=max_bytes,
+                    log_file=log_file,
+                    metrics_file=metrics_file,
+                )
+                if settings.log_file is not None:
+                    handler = _open_log_file(settings.log_file)
+            except ImgsyncError as exc:
+                finish(None, error=exc.message, code=exc.exit_code)
+                raise
+            _to_log_file(handler, logging.INFO, f"restore started (imgsync {__version__})")
+            request = RestoreRequest(
+                selection=Selection(
+                    pairs=pairs,
+                    csv_paths=csv_paths,
+                    products=products,
+                    products_files=products_files,
+                    missing=missing,
+                    since=since,
+                    stdin=sys.stdin.buffer,
+                ),
+                to_dir=Path(to_dir) if to_dir else None,
+                replace=replace,
+                force=force,
+                dry_run=dry_run,
+            )
+
+            def total(n: int) -> None:
+                bar.total(n)
+
+            with _stop_on_signals() as (stop, received):
+                try:
+                    try:
+                        summary = run_restore(
+                            settings,
+                            request,
+                            progress=bar.advance,
+                            on_total=total,
+                            on_plan=show if dry_run and not as_json else None,
+                            stop=stop,
+                        )
+                    except KeyboardInterrupt:
+                        raise Interrupted("interrupted") from None
+                except Interrupted as exc:
+                    code = 128 + received[0] if received else exc.exit_code
+                    finish(getattr(exc, "summary", None), error=exc.message, code=code)
+                    click.echo(f"imgsync: stopped: {exc.message}; what finished is recorded", err=True)
+                    sys.exit(code)
+                except ImgsyncError as exc:
+                    finish(getattr(exc, "summary", None), error=exc.message, code=exc.exit_code)
+                    raise
+            finish(summary)
+            sys.exit(summary.exit_code)
+        finally:
+            if outcome is not None:
+                _to_log_file(
+                    handler,
+                    logging.ERROR if outcome["error"] else logging.INFO,
+                    f"restore finished: exit {outcome['exit_code']}"
+                    + (f": {outcome['error']}" if outcome["error"] else "")
+                    + f"; {outcome['selected']} selected: restored {outcome['restored']}, present "
+                    f"{outcome['present']}, slot taken {outcome['skipped']}, failed {outcome['failed']}, "
+                    f"{outcome['bytes_sent']} bytes sent, {outcome['requests']} requests",
+                )
+                if settings is not None and settings.metrics_file is not None and not dry_run:
+                    from .metrics import write_restore_metrics
+
+                    try:
+                        write_restore_metrics(
+                            settings.metrics_file, outcome, started_at=started, finished_at=time.time()
+                        )
+                    except OSError as exc:
+                        log.warning(
+                            "cannot write the metrics file %s: %s", settings.metrics_file, exc.strerror or exc
+                        )
+            _close_log_file(handler)
+
+
+@cli.command()
+@config_option
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help="State database.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option(

@@ -86,6 +86,11 @@ class Settings:
     metrics_file: Path | None = None
     #: Events older than this are pruned at the end of a run; 0 keeps them all.
     keep_events_days: int = 180
+    #: ``imgsync restore``: base64 bytes of adds in one request (a larger image goes alone).
+    restore_max_request_bytes: int = 8 * 1024 * 1024
+    #: ``imgsync restore``: the longest a request may run on the portal (the cloud's 60 s; a self-hosted
+    #: portal's PHP ``max_execution_time``). An add without an answer is looked for only after it.
+    restore_request_limit_s: float = 60.0
     config_path: Path | None = None
 
     @property
@@ -171,6 +176,10 @@ _FILE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
     "metrics": {
         "textfile": ("metrics_file", "optional_path"),
     },
+    "restore": {
+        "max_request_bytes": ("restore_max_request_bytes", "size"),
+        "request_limit": ("restore_request_limit_s", "duration"),
+    },
 }
 _KIND = {field: kind for keys in _FILE_KEYS.values() for field, kind in keys.values()}
 _DOTTED = {
@@ -200,6 +209,8 @@ ENV_VARS: dict[str, str] = {
     "IMGSYNC_SYNC_MAX_BYTES": "max_bytes",
     "IMGSYNC_SYNC_LOG_FILE": "log_file",
     "IMGSYNC_METRICS_TEXTFILE": "metrics_file",
+    "IMGSYNC_RESTORE_MAX_REQUEST_BYTES": "restore_max_request_bytes",
+    "IMGSYNC_RESTORE_REQUEST_LIMIT": "restore_request_limit_s",
 }
 _ENV_OF = {field: name for name, field in ENV_VARS.items()}
 

@@ -18,6 +18,9 @@
     │   ├── NotTheFile                         a download answered a page or an error, not the file
     │   └── OperationTimeLimit                 429: wait for ``operating_reset_at``
     ├── TokenExpired                           OAuth access token expired: renew once, retry
+    ├── RequestTooLarge                        HTTP 413: the request was not run; send less at once
+    ├── SendUnknown                            a request that changes the portal got no sure answer: it
+    │                                          may have been run; never sent again blindly (look first)
     ├── ImageError                             one image failed; the run goes on
     │   ├── ImageGone                          the portal says the product or image is not found
     │   ├── ImageDenied                        no permission to read that product
@@ -171,6 +174,21 @@ class TokenExpired(ImgsyncError):
 
     fatal = False
     retryable = True  # once, after the token is renewed
+
+
+class SendUnknown(ImgsyncError):
+    """A request that changes the portal (an add) got no sure answer: it may have been run. It is never
+    sent again as it is; the caller looks at the portal first."""
+
+    fatal = False
+    retryable = False
+
+
+class RequestTooLarge(ImgsyncError):
+    """The web tier refused a request as too large (HTTP 413): it was not run; send less in one request."""
+
+    fatal = False
+    retryable = False
 
 
 class ImageError(ImgsyncError):

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-__all__ = ["RUN_COUNTS", "write_metrics"]
+__all__ = ["RUN_COUNTS", "write_metrics", "write_restore_metrics"]
 
 #: The summary's image counts, as ``imgsync_last_run_images{result="..."}``.
 RUN_COUNTS = ("requested", "downloaded", "unchanged", "uploaded", "missing", "failed", "deferred")
@@ -89,4 +89,44 @@ def write_metrics(
     for status in sorted({"ok", "missing", "failed", *status_counts}):
         by_status.labels(status=status).set(float(status_counts.get(status, 0)))
 
+    write_to_textfile(os.fspath(path), registry)
+
+
+#: The restore summary's counts, as ``imgsync_restore_last_run_images{result="..."}``.
+RESTORE_COUNTS = ("selected", "restored", "present", "skipped", "failed", "deferred")
+
+
+def write_restore_metrics(
+    path: Path | str, summary_json: Mapping[str, Any], *, started_at: float, finished_at: float
+) -> None:
+    """The metrics of one ``imgsync restore`` (its own names, ``imgsync_restore_*``, so that a restore
+    written to the sync's file never passes for a sync)."""
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, value: float) -> None:
+        Gauge(f"imgsync_restore_{name}", doc, registry=registry).set(value)
+
+    exit_code = int(summary_json.get("exit_code") or 0)
+    gauge(
+        "last_run_start_timestamp_seconds", "When the last imgsync restore started (Unix time).", started_at
+    )
+    gauge("last_run_end_timestamp_seconds", "When the last imgsync restore ended (Unix time).", finished_at)
+    gauge("last_run_success", "1 when the last imgsync restore exited 0.", 1.0 if exit_code == 0 else 0.0)
+    gauge("last_run_exit_code", "Exit code of the last imgsync restore.", float(exit_code))
+    gauge(
+        "last_run_sent_bytes",
+        "Bytes of images the last restore sent.",
+        float(summary_json.get("bytes_sent") or 0),
+    )
+    gauge(
+        "last_run_requests", "HTTP requests the last restore sent.", float(summary_json.get("requests") or 0)
+    )
+    images = Gauge(
+        "imgsync_restore_last_run_images",
+        "Images of the last restore by outcome.",
+        ["result"],
+        registry=registry,
+    )
+    for key in RESTORE_COUNTS:
+        images.labels(result=key).set(float(summary_json.get(key) or 0))
     write_to_textfile(os.fspath(path), registry)

@@ -58,6 +58,21 @@ class PortalImage:
         )
 
 
+@dataclass(frozen=True)
+class ImageUpload:
+    """One image to add to a product (``catalog.productImage.add``): where, which slot, name and bytes."""
+
+    product_id: int
+    type: str  # DETAIL_PICTURE, PREVIEW_PICTURE or MORE_PHOTO
+    name: str
+    content: bytes = field(repr=False)
+
+    @property
+    def encoded_size(self) -> int:
+        """Bytes of base64 this add carries."""
+        return 4 * ((len(self.content) + 2) // 3)
+
+
 class StopRequest(threading.Event):
     """A request to stop the run (a signal), carrying the exit code the process will end with."""
 
@@ -282,3 +297,24 @@ class ListedItem:
     type: int = 0
     parent_id: int | None = None
     picture_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RestoreEntry:
+    """One row of the ``restores`` journal: an add that a restore sent (``state`` sent, done or failed)."""
+
+    id: int
+    product_id: int  # the source image, by the ids it had when it was backed up
+    image_id: int
+    target_product_id: int
+    sha256: str
+    type: str
+    name: str
+    state: str
+    sent_at: str
+    new_image_id: int | None = None
+    error: str | None = None
+
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(self.product_id, self.image_id)

@@ -506,6 +506,19 @@ class S3Uploader:
         except _BOTO_ERRORS as exc:
             raise self._translate(exc, doing=f"cannot list {where}") from None
 
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such object (for ``imgsync restore``).
+
+        Raises :class:`UploadError` when S3 refuses or fails; the caller checks the bytes' sha256."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            return bytes(answer["Body"].read())
+        except _BOTO_ERRORS as exc:
+            err = self._translate(exc, key=key, doing="cannot read")
+            if _why(exc) == _Why.NOT_FOUND:
+                return None
+            raise err from None
+
     def put(
         self,
         path: Path,
