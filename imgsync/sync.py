@@ -410,6 +410,13 @@ class Syncer:
         found: dict[ImageRef, PortalImage | ImageError] = {}
         extra: list[Plan] = []
         for pid, listing in result.items():
+            if isinstance(listing, ImageGone):
+                # A deleted product is no failure: its recorded images are missing, their backups kept.
+                gone = list(gone_product(self.store, pid, item.skip))
+                if not gone:
+                    log.info("product %d is not found on the portal; nothing is recorded for it", pid)
+                extra += gone
+                continue
             if isinstance(listing, ImageError):
                 extra.append(Plan(ImageRef(pid, 0), Action.FAILED, f"product {pid}: {listing.message}"))
                 continue
@@ -802,6 +809,22 @@ def _unlink_quietly(path: Path) -> None:
         log.warning("could not remove %s: %s", path, exc.strerror)
 
 
+def gone_product(store: Store, product_id: int, skip: Container[ImageRef] = ()) -> Iterator[Plan]:
+    """The recorded images of a product the portal answers "not found" for: missing, backups kept.
+
+    Pairs in ``skip`` (named on their own in this run) are left to their own chunk, which sees them from
+    ``get``."""
+    for row in store.rows_of_product(product_id):
+        if row.status != "missing" and row.ref not in skip:
+            yield Plan(
+                row.ref,
+                Action.MISSING,
+                "its product is not found on the portal; the backup is kept",
+                None,
+                row,
+            )
+
+
 def missing_for_products(
     store: Store, listed: dict[int, Listing | ImageError], skip: Container[ImageRef] = ()
 ) -> Iterator[Plan]:
@@ -828,5 +851,6 @@ __all__ = [
     "Syncer",
     "Uploader",
     "decide",
+    "gone_product",
     "missing_for_products",
 ]

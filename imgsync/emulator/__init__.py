@@ -132,6 +132,8 @@ the product catalog (iblock ``23``: types 1, 2, 3, 6, 7) and the variation catal
   :meth:`Portal.add_picture` (a new image id; a new DETAIL/PREVIEW picture replaces the old one),
   :meth:`Portal.replace_picture` (no ``catalog.productImage.update`` exists, so: a new image id, the old
   one gone), :meth:`Portal.delete_picture`; listings and ``catalog.productImage.*`` stay consistent.
+  ``portal.delete_once_listed`` (a set of item ids): each is deleted right after a
+  ``catalog.product.list`` page has shown it, as an item deleted between the listing and its image list.
 
 ``batch``
 ---------

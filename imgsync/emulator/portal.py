@@ -498,6 +498,9 @@ class Portal:
         self.operating_window = operating_window
         self.overload = False
         self.faults = Faults()
+        #: Item ids deleted (as by :meth:`delete_item`) right after a ``catalog.product.list`` page has shown
+        #: them: an item deleted between the catalog's listing and its ``catalog.productImage.list``.
+        self.delete_once_listed: set[int] = set()
         #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
         self.server_errors: list[str] = []
 
@@ -1253,6 +1256,10 @@ class Portal:
         found, total, following = listing.page(rows, query)
         with self._state_lock:
             pictured = [self._with_pictures(row) for row in found if row["id"] in self._items]
+        for row in pictured:
+            if row["id"] in self.delete_once_listed:
+                self.delete_once_listed.discard(row["id"])
+                self.delete_item(row["id"])
         return {key: [query.project(row) for row in pictured]}, total, following
 
     def _item_row(self, item: CatalogItem) -> dict[str, Any]:
