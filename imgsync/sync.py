@@ -5,7 +5,9 @@ decision per image (:func:`decide`: download, upload, unchanged, missing, failed
 the downloads and uploads in a pool of worker threads that share the client's leaky bucket. Metadata
 for the next chunks is fetched while earlier downloads run, but never far ahead of them, so each
 ``downloadUrl`` is used within moments of being issued. Rows are written by the calling thread only,
-after the file is in place. ``dry_run`` stops after the decision and prints the plan.
+after the file is in place; the one exception is the worker whose download is about to go over a recorded
+backup, which first marks that row (see ``Store.mark_replacing``). ``dry_run`` stops after the decision and
+prints the plan.
 """
 
 from __future__ import annotations
@@ -540,18 +542,17 @@ class Syncer:
             for ref in chunk
         ]
         self._expected = max(1, sum(plan.action in (Action.DOWNLOAD, Action.UPLOAD) for plan in plans))
-        replacing = [plan.ref for plan in plans if self._replaces_backup(plan)]
-        if replacing and not self.opts.dry_run:
-            self.store.mark_replacing(replacing)
         for plan in plans:
             self._handle_plan(plan, (work, pool))
 
-    def _replaces_backup(self, plan: Plan) -> bool:
-        """Will this plan's download land on the file, or S3 object, that its ``ok`` row describes?"""
-        row = plan.row
-        if plan.action != Action.DOWNLOAD or row is None or row.status != "ok":
+    def _replaces_backup(self, row: StoredImage | None, relative: str) -> bool:
+        """Will a download to ``relative`` land on the file, or S3 object, that the ``ok`` row describes?"""
+        if row is None or row.status != "ok":
             return False
-        return row.local_path == plan.relative or (row.s3 is not None and row.s3.key == plan.s3_key)
+        if row.local_path == relative:
+            return True
+        uploader = self.opts.uploader
+        return row.s3 is not None and uploader is not None and row.s3.key == uploader.key_for(relative)
 
     def _handle_plan(
         self, plan: Plan, executor: tuple[dict[Future[Outcome], Plan], ThreadPoolExecutor] | None
@@ -612,9 +613,18 @@ class Syncer:
         """Download one image (the client fetches fresh links and retries), then upload it if S3 is on."""
         assert plan.image is not None
         ref = plan.ref
+        marked = False
 
         def write(image: PortalImage, body: Body) -> tuple[int, str, str]:
-            target = resolve_inside(self.opts.dest, relative_path(ref, image.name))
+            nonlocal marked
+            relative = relative_path(ref, image.name)
+            target = resolve_inside(self.opts.dest, relative)
+            if not marked and not self.opts.dry_run and self._replaces_backup(plan.row, relative):
+                # Only now, with the file's bytes arriving, does this download go over the backup its ok
+                # row describes: the row stops claiming it first (a kill between the rename and the row's
+                # commit would leave it describing bytes that are gone). Deferred work is never marked.
+                self.store.mark_replacing([ref])
+                marked = True
             size, sha256 = save_stream(body.chunks(), target, expected_size=body.content_length)
             return size, sha256, body.content_type
 

@@ -3,11 +3,16 @@ capped image lists is what is so, against the emulator over real HTTP."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from imgsync.emulator import Portal, make_catalog, make_store_catalog
+from imgsync.config import Settings
+from imgsync.emulator import Faults, Portal, make_catalog, make_store_catalog
+from imgsync.runner import Request, run_sync
+from imgsync.sync import Summary
 
 from .conftest import Env, invoke, summary_of
 
@@ -72,3 +77,63 @@ def test_a_product_not_found_with_nothing_recorded_is_no_failure(env: Env) -> No
         assert (summary["failed"], summary["missing"], summary["requested"]) == (0, 0, 0)
         assert "product 424242 is not found on the portal; nothing is recorded for it" in result.stderr
         assert env.rows() == []
+
+
+# -- 2. a capped or stopped night marks nothing it did not touch -----------------------------------------
+
+
+@pytest.mark.parametrize("cap", [("--max-downloads", "2"), ("--max-bytes", "1")])
+def test_a_capped_night_leaves_the_rows_it_deferred_as_they_were(env: Env, cap: tuple[str, str]) -> None:
+    catalog = make_catalog(products=2, images_per_product=6, min_size=200, max_size=1500, seed=42)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        pairs = [f"{i.product_id}:{i.image_id}" for i in portal.images()]
+        assert invoke(env.args(portal, *pairs)).exit_code == 0
+        before = rows_by_ref(env)
+        for img in portal.images():  # every image changed since: each needs a download over its backup
+            portal.replace_image(img.product_id, img.image_id, content=f"v2 of {img.image_id}".encode())
+        new_sha = {(i.product_id, i.image_id): i.sha256 for i in portal.images()}
+        result = invoke(env.args(portal, "--json", "--workers", "1", *cap, *pairs))
+        assert result.exit_code == 5, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["failed"] == 0 and summary["deferred"] > 0
+        rows = rows_by_ref(env)
+        downloaded = [ref for ref, row in rows.items() if row["sha256"] == new_sha[ref]]
+        untouched = [ref for ref in rows if ref not in downloaded]
+        assert len(downloaded) == summary["downloaded"] and len(untouched) >= summary["deferred"]
+        for ref in untouched:  # the status, the error and the backup it had
+            row, old = rows[ref], before[ref]
+            assert (row["status"], row["error"], row["sha256"]) == ("ok", None, old["sha256"]), row
+            assert (env.dest / str(row["local_path"])).read_bytes() != f"v2 of {ref[1]}".encode()
+        assert {row["status"] for row in rows.values()} == {"ok"}
+        status = invoke(["status", "--db", str(env.db), "--failed"])
+        assert "a newer version was being downloaded" not in status.stdout
+
+
+def test_a_row_stops_claiming_its_backup_once_its_own_replacement_starts(env: Env) -> None:
+    """The other half: a download going over a backup marks that row first (a kill before its row's commit
+    must not leave an ok row describing bytes that are gone), and only that row."""
+    catalog = make_catalog(products=1, images_per_product=4, min_size=2000, max_size=3000, seed=43)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        pairs = [f"{i.product_id}:{i.image_id}" for i in portal.images()]
+        assert invoke(env.args(portal, *pairs)).exit_code == 0
+        changed = portal.images()[0]
+        portal.replace_image(changed.product_id, changed.image_id, content=b"v2" * 1500)
+        portal.faults = Faults(slow_download=1.5)  # the body trickles in over 1.5 s
+        settings = Settings(
+            webhook_url=portal.webhook_url, dest=env.dest, db=env.db, rate_limit=1000.0, burst=1000
+        )
+        done: list[Summary] = []
+        run = threading.Thread(target=lambda: done.append(run_sync(settings, Request(pairs=pairs))))
+        run.start()
+        seen: set[tuple[str, str | None]] = set()
+        while run.is_alive():
+            if env.db.exists():
+                rows = rows_by_ref(env)
+                seen |= {(str(r["status"]), r["error"]) for r in rows.values()}  # type: ignore[misc]
+                others = [r for ref, r in rows.items() if ref != (changed.product_id, changed.image_id)]
+                assert {r["status"] for r in others} == {"ok"}
+            time.sleep(0.05)
+        run.join()
+        assert done and done[0].exit_code == 0 and done[0].downloaded == 1
+        assert ("failed", "a newer version was being downloaded when the run stopped") in seen
+        assert {r["status"] for r in env.rows()} == {"ok"}
