@@ -284,7 +284,8 @@ def catalog_chunks(
     items no longer listed become missing (files kept). Nothing is concluded from a listing that was cut
     short or failed: that is a failure of the run, and nothing is marked gone.
     """
-    listing = CatalogListing(client)
+    # The catalogs listed before: a listing that lost one of them (or all its items) is incomplete.
+    listing = CatalogListing(client, expected=store.listed_catalogs())
     # To the microsecond: what this listing did not touch is what an earlier one listed, even a second ago.
     seen_since = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     compared = mismatched = 0

@@ -808,6 +808,16 @@ class Store:
             last = rows[-1][0]
             yield [row[0] for row in rows]
 
+    def listed_catalogs(self) -> dict[int, int]:
+        """``{iblock_id: items}`` of the items the listings so far show as ``listed``: the catalogs a new
+        listing must find again before it may call anything gone."""
+        with self._lock:
+            rows = self.db.execute(
+                "select iblock_id, count(*) from products where status = 'listed' and iblock_id is not null "
+                "group by iblock_id"
+            ).fetchall()
+        return {int(iblock): int(n) for iblock, n in rows}
+
     def listed_items(self) -> int:
         """Items the last complete listing showed (``status = 'listed'``); ``catalog_size`` counts gone ones too."""
         with self._lock:

@@ -137,3 +137,52 @@ def test_a_row_stops_claiming_its_backup_once_its_own_replacement_starts(env: En
         assert done and done[0].exit_code == 0 and done[0].downloaded == 1
         assert ("failed", "a newer version was being downloaded when the run stopped") in seen
         assert {r["status"] for r in env.rows()} == {"ok"}
+
+
+# -- 3. an empty or shrunken catalog list is not a complete listing --------------------------------------
+
+
+@pytest.fixture
+def shop() -> Portal:
+    items, images = make_store_catalog(
+        8, parents=2, variations_per_parent=2, images_per_item=2, min_size=200, max_size=1500
+    )
+    return Portal(images, items=items, rate_limit=1000.0, burst=1000)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "empty", "named"),
+    [
+        ({23, 25}, set(), "catalog 23"),  # catalog.catalog.list answers []
+        ({25}, set(), "catalog 25"),  # the variation catalog vanished
+        (set(), {25}, "catalog 25"),  # the catalog is there, its item listing answers []
+    ],
+)
+def test_a_listing_that_lost_a_catalog_fails_and_marks_nothing(
+    env: Env, shop: Portal, hidden: set[int], empty: set[int], named: str
+) -> None:
+    with shop as portal:
+        assert {item.iblock_id for item in portal.items()} == {23, 25}
+        assert invoke(env.args(portal, "--all")).exit_code == 0
+        portal.hidden_catalogs = hidden
+        portal.empty_catalogs = empty
+        result = invoke(env.args(portal, "--json", "--all"))
+        assert result.exit_code == 1, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["missing"] == 0 and summary["failed"] == 1
+        assert named in summary["failures"][0]["reason"] and named in result.stderr
+        assert {r["status"] for r in env.rows()} == {"ok"}
+        assert {r["status"] for r in env.rows("products")} == {"listed"}
+        # Once the catalog is back, the next listing is complete and the run is clean.
+        portal.hidden_catalogs, portal.empty_catalogs = set(), set()
+        assert invoke(env.args(portal, "--all")).exit_code == 0
+        assert {r["status"] for r in env.rows()} == {"ok"}
+
+
+def test_an_empty_catalog_list_on_a_first_run_is_no_failure(env: Env, shop: Portal) -> None:
+    """Nothing was listed before: an empty answer has nothing to contradict (and marks nothing)."""
+    with shop as portal:
+        portal.hidden_catalogs = {23, 25}
+        result = invoke(env.args(portal, "--json", "--all"))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["requested"] == 0
