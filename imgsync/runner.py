@@ -328,19 +328,21 @@ def catalog_chunks(
     if opts.dry_run:
         return
     gone_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    if store.mark_gone_items(seen_since, gone_at):
-        for ids in store.iter_gone_items(gone_at):
-            gone = [
-                Plan(
-                    row.ref,
-                    Action.MISSING,
-                    "its item is no longer in the catalog; the backup is kept",
-                    None,
-                    row,
-                )
-                for rows in store.rows_of_products(ids).values()
-                for row in rows
-                if row.status != "missing"
-            ]
-            if gone:
-                yield PlannedChunk(tuple(gone))
+    store.mark_gone_items(seen_since, gone_at)
+    # Every gone item whose images are not all missing yet: this listing's, and those of a run that was
+    # killed between the two writes (the items' mark is committed first), so no image stays ok for ever.
+    for ids in store.iter_gone_items():
+        gone = [
+            Plan(
+                row.ref,
+                Action.MISSING,
+                "its item is no longer in the catalog; the backup is kept",
+                None,
+                row,
+            )
+            for rows in store.rows_of_products(ids).values()
+            for row in rows
+            if row.status != "missing" and row.ref not in named
+        ]
+        if gone:
+            yield PlannedChunk(tuple(gone))

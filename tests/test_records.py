@@ -186,3 +186,42 @@ def test_an_empty_catalog_list_on_a_first_run_is_no_failure(env: Env, shop: Port
         result = invoke(env.args(portal, "--json", "--all"))
         assert result.exit_code == 0, result.stderr
         assert summary_of(result.stdout)["requested"] == 0
+
+
+# -- 4. gone marking survives a kill ---------------------------------------------------------------------
+
+
+def test_gone_items_whose_images_were_not_marked_yet_are_finished_by_the_next_run(
+    env: Env, shop: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgsync.store import Store
+
+    with shop as portal:
+        assert invoke(env.args(portal, "--all")).exit_code == 0
+        gone = portal.items()[1].id
+        files = [str(r["local_path"]) for r in env.rows() if r["product_id"] == gone]
+        portal.delete_item(gone)
+
+        # The process dies right after the items' gone mark is committed, before their images are marked.
+        mark = Store.mark_gone_items
+
+        def mark_then_die(self: Store, seen_since: str, now: str) -> int:
+            mark(self, seen_since, now)
+            raise RuntimeError("killed between the two writes")
+
+        monkeypatch.setattr(Store, "mark_gone_items", mark_then_die)
+        assert invoke(env.args(portal, "--all")).exit_code == 70
+        monkeypatch.undo()
+        products = {r["product_id"]: r["status"] for r in env.rows("products")}
+        assert products[gone] == "gone"  # the premise: the item is gone, its images still ok
+        assert {r["status"] for r in env.rows() if r["product_id"] == gone} == {"ok"}
+
+        result = invoke(env.args(portal, "--json", "--all"))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["missing"] == len(files) == 2
+        assert {r["status"] for r in env.rows() if r["product_id"] == gone} == {"missing"}
+        assert all((env.dest / f).exists() for f in files)
+        assert {r["status"] for r in env.rows() if r["product_id"] != gone} == {"ok"}
+        # And once finished, a further run has nothing more to mark.
+        again = invoke(env.args(portal, "--json", "--all"))
+        assert again.exit_code == 0 and summary_of(again.stdout)["missing"] == 0
