@@ -312,7 +312,8 @@ def catalog_chunks(
             if unchanged:
                 yield PlannedChunk(tuple(unchanged))
             if needs_call:
-                yield ProductChunk(tuple(needs_call), named)
+                shown = {item.id: frozenset(item.picture_ids) for item in page}
+                yield ProductChunk(tuple(needs_call), named, {pid: shown[pid] for pid in needs_call})
     except ListingIncomplete as exc:
         log.error("the catalog listing is incomplete (%s): nothing is marked missing", exc.message)
         yield PlannedChunk(

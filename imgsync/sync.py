@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,6 +103,9 @@ class ProductChunk:
 
     product_ids: tuple[int, ...]
     skip: Container[ImageRef] = ()
+    #: The picture ids the catalog's listing showed for these items (``sync --all``): an image list that
+    #: leaves out one of them is incomplete.
+    listed: Mapping[int, frozenset[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -411,6 +414,7 @@ class Syncer:
             return item, result
         found: dict[ImageRef, PortalImage | ImageError] = {}
         extra: list[Plan] = []
+        result = {pid: self._against_listed(item, pid, listing) for pid, listing in result.items()}
         for pid, listing in result.items():
             if isinstance(listing, ImageGone):
                 # A deleted product is no failure: its recorded images are missing, their backups kept.
@@ -430,6 +434,28 @@ class Syncer:
         for plan in extra:
             self._handle_plan(plan, executor)
         return list(found), found
+
+    @staticmethod
+    def _against_listed(item: ProductChunk, pid: int, listing: Listing | ImageError) -> Listing | ImageError:
+        """``listing``, incomplete when the catalog's listing showed pictures of the item that it leaves out
+        (a portal that caps the image list without ``next``): nothing of the item may be marked missing then.
+
+        Only where the two share an id, or the image list is empty: listing ids that are not image ids
+        (the docs leave it open) never match, and prove nothing."""
+        shown = item.listed.get(pid) if item.listed else None
+        if not shown or isinstance(listing, ImageError) or not listing.complete:
+            return listing
+        returned = {image.image_id for image in listing.images}
+        unseen = shown - returned
+        if not unseen or (returned and returned.isdisjoint(shown)):
+            return listing
+        log.info(
+            "item %d: the catalog listing shows pictures %s that catalog.productImage.list did not return; "
+            "its image list is incomplete and nothing of it is marked missing",
+            pid,
+            ", ".join(str(i) for i in sorted(unseen)[:10]) + (", ..." if len(unseen) > 10 else ""),
+        )
+        return Listing(listing.images, complete=False)
 
     def _workers(self) -> int:
         """Requests to keep in flight: the configured number, or (``workers = "auto"``, 0) what the

@@ -225,3 +225,52 @@ def test_gone_items_whose_images_were_not_marked_yet_are_finished_by_the_next_ru
         # And once finished, a further run has nothing more to mark.
         again = invoke(env.args(portal, "--json", "--all"))
         assert again.exit_code == 0 and summary_of(again.stdout)["missing"] == 0
+
+
+# -- 5. listed ids against image lists --------------------------------------------------------------------
+
+
+def test_pictures_the_listing_shows_but_the_image_list_left_out_mark_nothing_missing(
+    env: Env, shop: Portal
+) -> None:
+    with shop as portal:
+        assert invoke(env.args(portal, "--all")).exit_code == 0
+        item = portal.items()[0].id
+        recorded = {ref: row for ref, row in rows_by_ref(env).items() if ref[0] == item}
+        assert len(recorded) == 2
+        portal.add_picture(item, "MORE_PHOTO", content=b"a third picture")  # the item needs an image list
+        portal.list_cap = 1  # ... which answers one image of three, without next
+        portal.reset_stats()
+        result = invoke(["-v", *env.args(portal, "--json", "--all")])
+        assert result.exit_code == 0, result.stderr
+        assert portal.stats.batch_commands["catalog.productImage.list"] == 1
+        summary = summary_of(result.stdout)
+        assert summary["missing"] == 0
+        rows = rows_by_ref(env)
+        assert {rows[ref]["status"] for ref in recorded} == {"ok"}
+        assert f"item {item}: the catalog listing shows pictures" in result.stderr
+        assert "nothing of it is marked missing" in result.stderr
+        # A picture really deleted is still found missing once the image list is whole again.
+        portal.list_cap = None
+        dropped = min(recorded)
+        portal.delete_picture(*dropped)
+        result = invoke(env.args(portal, "--json", "--all"))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["missing"] == 1
+        assert rows_by_ref(env)[dropped]["status"] == "missing"
+
+
+def test_a_next_that_repeats_the_page_stops_the_paging(env: Env) -> None:
+    catalog = make_catalog(products=1, images_per_product=5, min_size=200, max_size=1500, seed=44)
+    with Portal(catalog, rate_limit=1000.0, burst=1000, image_page_size=2) as portal:
+        product = portal.images()[0].product_id
+        assert invoke(env.args(portal, "--product", str(product))).exit_code == 0
+        assert len(env.rows()) == 5
+        portal.list_repeats_page = True
+        portal.reset_stats()
+        result = invoke(["-v", *env.args(portal, "--json", "--product", str(product))])
+        assert result.exit_code == 0, result.stderr
+        assert portal.stats.batch_commands["catalog.productImage.list"] == 2  # the first page, and its repeat
+        assert summary_of(result.stdout)["missing"] == 0
+        assert {r["status"] for r in env.rows()} == {"ok"}
+        assert f"product {product}: catalog.productImage.list answered the same page again" in result.stderr

@@ -80,6 +80,9 @@ Results
   no cap at 50); ``select`` keeps only the named fields. A product whose images were all deleted still
   exists (``total: 0``). With ``image_page_size=N`` (the docs leave paging open) ``list`` answers pages
   of N: ``start`` as for other lists, ``next`` when more follow, ``start=-1`` without ``total``.
+  ``portal.list_cap = N``: ``list`` answers at most N images, no ``next``, ``total`` N (a portal that caps
+  the list); ``portal.list_repeats_page = True`` (with ``image_page_size``): ``start`` is ignored, every
+  call answers the first page with the same ``next``.
 - ``time``: ``start``, ``finish``, ``duration``, ``processing``, ``date_start``, ``date_finish`` (in
   +02:00), ``operating`` and ``operating_reset_at`` (see "Operating time"). A list answer puts ``next``
   (when a further page exists) and ``total`` (unless ``start=-1``) beside ``result``.

@@ -505,6 +505,12 @@ class Portal:
         self.hidden_catalogs: set[int] = set()
         #: Catalog (iblock) ids whose items no item listing shows (``catalog.product.list`` answers ``[]``).
         self.empty_catalogs: set[int] = set()
+        #: N: ``catalog.productImage.list`` answers at most N images, without ``next`` (and ``total`` N), as
+        #: a portal that caps the list at 50 would; None: no cap.
+        self.list_cap: int | None = None
+        #: True (with ``image_page_size``): ``catalog.productImage.list`` ignores ``start`` and answers the
+        #: first page again, with the same ``next``, as a portal that does not page this method would.
+        self.list_repeats_page = False
         #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
         self.server_errors: list[str] = []
 
@@ -1194,7 +1200,13 @@ class Portal:
         total: int | None = len(found)
         following = None
         size = self.image_page_size
-        if size:
+        if self.list_cap is not None:
+            found = found[: self.list_cap]
+            total = len(found)
+        elif size and self.list_repeats_page:
+            following = size if size < len(found) else None
+            found = found[:size]
+        elif size:
             try:
                 start = int(params.get("start") or 0)
             except (TypeError, ValueError):
