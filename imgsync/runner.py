@@ -245,7 +245,11 @@ def run_sync(
         stack.callback(product_ids.close)
         sources: list[Iterator[Any]] = [chunks, (ProductChunk(tuple(ids), pairs) for ids in product_ids)]
         if request.all:
-            sources.append(catalog_chunks(client, store, opts, pairs, deep=request.deep))
+            sources.append(
+                catalog_chunks(
+                    client, store, opts, pairs, deep=request.deep, done=products if len(products) else ()
+                )
+            )
         return syncer.run(chain(*sources), total=None if len(products) or request.all else len(pairs))
     raise AssertionError("unreachable")
 
@@ -274,7 +278,13 @@ def check_dest(dest: Path, *, create: bool) -> None:
 
 
 def catalog_chunks(
-    client: Client, store: Store, opts: SyncOptions, named: Container[ImageRef], *, deep: bool
+    client: Client,
+    store: Store,
+    opts: SyncOptions,
+    named: Container[ImageRef],
+    *,
+    deep: bool,
+    done: Container[int] = (),
 ) -> Iterator[ProductChunk | PlannedChunk]:
     """``sync --all``: the catalog's listing, page by page, turned into work (notes §12).
 
@@ -283,6 +293,9 @@ def catalog_chunks(
     :class:`ProductChunk`, the usual plan and execute path). Once the listing is complete, the images of
     items no longer listed become missing (files kept). Nothing is concluded from a listing that was cut
     short or failed: that is a failure of the run, and nothing is marked gone.
+
+    Items in ``done`` (named with ``--product``/``--products-file``, whose images the run lists on their own)
+    are recorded as listed but given no work here: each product is done once.
     """
     # The catalogs listed before: a listing that lost one of them (or all its items) is incomplete.
     listing = CatalogListing(client, expected=store.listed_catalogs())
@@ -295,7 +308,7 @@ def catalog_chunks(
                 store.save_listed(page, seen_since)
             rows = store.rows_of_products([item.id for item in page])
             recorded = {pid: {r.image_id for r in found if r.status == "ok"} for pid, found in rows.items()}
-            needs_call, as_listed = plan_items(page, recorded, deep)
+            needs_call, as_listed = plan_items([item for item in page if item.id not in done], recorded, deep)
             pair_count, misses = id_mismatches(page, recorded)
             compared, mismatched = compared + pair_count, mismatched + misses
             unchanged: list[Plan] = []

@@ -274,3 +274,29 @@ def test_a_next_that_repeats_the_page_stops_the_paging(env: Env) -> None:
         assert summary_of(result.stdout)["missing"] == 0
         assert {r["status"] for r in env.rows()} == {"ok"}
         assert f"product {product}: catalog.productImage.list answered the same page again" in result.stderr
+
+
+# -- 6. --product X --all does X once ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_product_named_and_in_the_catalog_is_done_once(env: Env, shop: Portal, warm: bool) -> None:
+    with shop as portal:
+        if warm:
+            assert invoke(env.args(portal, "--all")).exit_code == 0
+        n_items, n_images = len(portal.items()), len(portal.images())
+        named = portal.items()[3].id
+        portal.reset_stats()
+        result = invoke(env.args(portal, "--json", "--product", str(named), "--all"))
+        assert result.exit_code == 0, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["requested"] == n_images  # each image counted once
+        lists = portal.stats.batch_commands.get("catalog.productImage.list", 0)
+        if warm:
+            assert (summary["downloaded"], summary["unchanged"]) == (0, n_images)
+            assert lists == 1  # the named product; the rest unchanged as listed
+        else:
+            assert summary["downloaded"] == n_images == portal.stats.downloads_served
+            assert lists == n_items
+        assert len(env.rows()) == n_images and {r["status"] for r in env.rows()} == {"ok"}
+        assert {r["status"] for r in env.rows("products")} == {"listed"}
