@@ -317,7 +317,9 @@ class Syncer:
         self._gate = _Gate(self._workers, lambda: None)
 
     # -- the whole run ----------------------------------------------------------------------------
-    def run(self, chunks: Iterable[list[ImageRef] | ProductChunk], *, total: int | None = None) -> Summary:
+    def run(
+        self, chunks: Iterable[list[ImageRef] | ProductChunk | PlannedChunk], *, total: int | None = None
+    ) -> Summary:
         """Sync every chunk; return the summary. Fatal errors are raised after what finished is recorded.
 
         ``total``: how many images the chunks hold, when known beforehand (pairs): a capped run then counts
@@ -462,7 +464,7 @@ class Syncer:
         client's measured round trip and rate call for, re-read as the run goes."""
         return self.opts.workers if self.opts.workers > 0 else self.client.concurrency(AUTO_MAX_WORKERS)
 
-    def _pipeline(self, chunks: Iterator[list[ImageRef] | ProductChunk]) -> None:
+    def _pipeline(self, chunks: Iterator[list[ImageRef] | ProductChunk | PlannedChunk]) -> None:
         threads = self.opts.workers if self.opts.workers > 0 else AUTO_MAX_WORKERS
         meta_pool = ThreadPoolExecutor(threads, thread_name_prefix="meta")
         work_pool = ThreadPoolExecutor(threads, thread_name_prefix="work")
@@ -519,13 +521,16 @@ class Syncer:
                         self.summary.deferred += 1
                 if not meta and not work:
                     break
-                done, _ = wait([*meta, *work], timeout=0.5, return_when=FIRST_COMPLETED)
+                # Chunks are planned in the order they came (the work order), however their batches finish:
+                # a later chunk's downloads must not take a capped night's turn from an earlier one's.
+                head = [next(iter(meta))] if meta else []
+                done, _ = wait([*head, *work], timeout=0.5, return_when=FIRST_COMPLETED)
+                while meta and (first := next(iter(meta))).done():
+                    item = meta.pop(first)
+                    refs, found = self._unpack(item, first.result(), (work, work_pool))
+                    self._plan_chunk(refs, found, work, work_pool)
                 for fut in done:
-                    if fut in meta:
-                        item = meta.pop(fut)
-                        refs, found = self._unpack(item, fut.result(), (work, work_pool))
-                        self._plan_chunk(refs, found, work, work_pool)
-                    else:
+                    if fut in work:
                         plan = work.pop(fut)
                         try:
                             outcome = fut.result()

@@ -300,3 +300,39 @@ def test_a_product_named_and_in_the_catalog_is_done_once(env: Env, shop: Portal,
             assert lists == n_items
         assert len(env.rows()) == n_images and {r["status"] for r in env.rows()} == {"ok"}
         assert {r["status"] for r in env.rows("products")} == {"listed"}
+
+
+# -- 7. work order across inputs -----------------------------------------------------------------------------
+
+
+def test_recorded_and_all_take_the_never_backed_up_and_the_failed_before_the_re_checks(
+    env: Env, shop: Portal
+) -> None:
+    """A night capped to 4 downloads: a failed image and the 3 images of a new item come before the re-checks
+    of the images --recorded names, though every one of those changed too."""
+    with shop as portal:
+        assert invoke(env.args(portal, "--all")).exit_code == 0
+        recorded = sorted(rows_by_ref(env))
+        for product, image in recorded:  # every recorded image changed: each re-check is a download
+            portal.replace_image(product, image, content=f"v2 of {image}".encode())
+        broken = recorded[-1]  # the last in every order but the work order
+        con = __import__("sqlite3").connect(env.db)
+        con.execute("update images set status = 'failed' where product_id = ? and image_id = ?", broken)
+        con.commit()
+        con.close()
+        new = portal.add_item(type=1)
+        for n in range(3):
+            portal.add_picture(new.id, "MORE_PHOTO", content=f"new picture {n}".encode())
+        result = invoke(
+            env.args(portal, "--json", "--workers", "1", "--max-downloads", "4", "--recorded", "--all")
+        )
+        assert result.exit_code == 5, result.stderr
+        assert summary_of(result.stdout)["downloaded"] == 4
+        rows = rows_by_ref(env)
+        fresh = {ref for ref, row in rows.items() if row["last_changed_at"] and ref[0] == new.id}
+        assert len(fresh) == 3 and {rows[ref]["status"] for ref in fresh} == {"ok"}
+        assert rows[broken]["status"] == "ok" and rows[broken]["sha256"] == portal.image(*broken).sha256
+        # Nothing else was downloaded: the other re-checks wait for the next night.
+        assert [
+            ref for ref in recorded if ref != broken and rows[ref]["sha256"] == portal.image(*ref).sha256
+        ] == []
