@@ -3,6 +3,7 @@ capped image lists is what is so, against the emulator over real HTTP."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -316,7 +317,7 @@ def test_recorded_and_all_take_the_never_backed_up_and_the_failed_before_the_re_
         for product, image in recorded:  # every recorded image changed: each re-check is a download
             portal.replace_image(product, image, content=f"v2 of {image}".encode())
         broken = recorded[-1]  # the last in every order but the work order
-        con = __import__("sqlite3").connect(env.db)
+        con = sqlite3.connect(env.db)
         con.execute("update images set status = 'failed' where product_id = ? and image_id = ?", broken)
         con.commit()
         con.close()
