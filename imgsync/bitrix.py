@@ -892,6 +892,7 @@ class Client:
         out: dict[int, Listing | ImageError] = {}
         collected: dict[int, list[PortalImage]] = {pid: [] for pid in dict.fromkeys(product_ids)}
         start: dict[int, int] = dict.fromkeys(collected, 0)
+        stalled: set[int] = set()  # a next that brought the same page again: the rest is unknown
         for _page in range(MAX_LIST_PAGES):
             if not start:
                 break
@@ -900,7 +901,7 @@ class Client:
                 for n, (pid, at) in enumerate(start.items())
             }
             by_key = dict(zip(commands, start, strict=True))
-            start = {}
+            asked, start = start, {}
             for key, answer in self.batch(commands).items():
                 pid = by_key[key]
                 if isinstance(answer.value, ImageError):
@@ -910,15 +911,34 @@ class Client:
                 if not isinstance(items, list):
                     out[pid] = ImageError("catalog.productImage.list: unexpected answer")
                     continue
-                collected[pid] += [
-                    PortalImage.from_api(item, ImageRef(pid, 0)) for item in items if isinstance(item, dict)
+                known = {image.image_id for image in collected[pid]}
+                fresh = [
+                    image
+                    for image in (
+                        PortalImage.from_api(item, ImageRef(pid, 0))
+                        for item in items
+                        if isinstance(item, dict)
+                    )
+                    if image.image_id not in known
                 ]
+                collected[pid] += fresh
                 if answer.next and items:
-                    start[pid] = answer.next
+                    if not fresh or answer.next <= asked[pid]:
+                        # The portal does not page this method as asked: the same page came again. Asking
+                        # on would bring it MAX_LIST_PAGES times; what lies beyond it is unknown.
+                        log.info(
+                            "product %d: catalog.productImage.list answered the same page again for start=%d; "
+                            "its listing is incomplete and nothing of it is marked missing",
+                            pid,
+                            asked[pid],
+                        )
+                        stalled.add(pid)
+                    else:
+                        start[pid] = answer.next
         for pid, images in collected.items():
             if pid not in out:
                 # Still pages to read after MAX_LIST_PAGES: use what came, infer nothing from the rest.
-                out[pid] = Listing(tuple(images), complete=pid not in start)
+                out[pid] = Listing(tuple(images), complete=pid not in start and pid not in stalled)
         return out
 
     def batch(self, commands: Mapping[str, str], *, chained: bool = False) -> dict[str, Answer]:

@@ -19,7 +19,9 @@ A chain is read up to its first short page (< 50 items) and nothing after it is 
 
 Nothing in a listing that was cut short, refused or failed may be taken to mean "gone upstream": such a
 listing ends by raising :class:`ListingIncomplete` (after yielding what it did get), and ``complete`` stays
-false. Credentials refused for the whole run (``catalog.catalog.list`` needs an administrator) raise
+false. So does a listing that lost a catalog (``expected``: the catalogs an earlier listing showed): one
+``catalog.catalog.list`` no longer names (an empty answer included), or one whose item listing comes back
+empty. Credentials refused for the whole run (``catalog.catalog.list`` needs an administrator) raise
 :class:`~imgsync.errors.AuthError` at once.
 
 Duplicates: within a catalog the ids come strictly ascending (anything else is a portal that does not page
@@ -303,6 +305,11 @@ class CatalogListing:
     properties: dict[int, int] | None = None
     chain_length: int = BATCH_SIZE
     max_request_seconds: float = MAX_REQUEST_SECONDS
+    #: Catalogs an earlier listing showed, with how many of their items it showed (``{iblock_id: n}``, from
+    #: ``Store.listed_catalogs``): one absent from ``catalog.catalog.list`` now, or one whose items all
+    #: vanished from its item listing, makes the listing incomplete (notes §12: nothing says a portal
+    #: cannot answer ``[]`` for a moment).
+    expected: Mapping[int, int] = field(default_factory=dict)
     #: True once every catalog reached its end without an error; False while listing or after a failure.
     complete: bool = False
     items: int = 0
@@ -331,6 +338,12 @@ class CatalogListing:
             _Cursor(f"c{n}", catalog, self.properties.get(catalog.iblock_id))
             for n, catalog in enumerate(self.catalogs)
         ]
+        present = {catalog.iblock_id for catalog in self.catalogs}
+        vanished = [
+            f"catalog {iblock}, whose {n} items an earlier listing showed, is absent from catalog.catalog.list"
+            for iblock, n in sorted(self.expected.items())
+            if n and iblock not in present
+        ]
         seen = _SeenIds() if len(cursors) > 1 else None
         try:
             while active := [c for c in cursors if not c.done]:
@@ -345,7 +358,13 @@ class CatalogListing:
         finally:
             if seen is not None:
                 seen.close()
-        self.problems = [f"catalog {c.catalog.iblock_id}: {c.error}" for c in cursors if c.error]
+        self.problems = vanished + [f"catalog {c.catalog.iblock_id}: {c.error}" for c in cursors if c.error]
+        self.problems += [
+            f"catalog {c.catalog.iblock_id}: {LIST_METHOD} answered no items, where an earlier listing showed "
+            f"{self.expected[c.catalog.iblock_id]}"
+            for c in cursors
+            if not c.error and not c.listed and self.expected.get(c.catalog.iblock_id)
+        ]
         if self.problems:
             raise ListingIncomplete(
                 "the catalog listing is incomplete (" + "; ".join(self.problems) + ")", listed=self.items

@@ -364,6 +364,24 @@ class _PrivateSet(Generic[T]):
         finally:
             cursor.close()
 
+    def keyed_chunks(
+        self, size: int = 50, *, ranks: tuple[int, ...] | None = None
+    ) -> Generator[tuple[tuple[int, str], list[T]], None, None]:
+        """Like :meth:`chunks`, each chunk with the work-order key of its first value, for merging several
+        inputs (``heapq.merge``); ``ranks`` keeps only the values of these ranks (see :meth:`order_by`)."""
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._flush()
+        where = f"WHERE rank IN ({', '.join(str(int(r)) for r in ranks)})" if ranks is not None else ""
+        cursor = self._db.execute(
+            f"SELECT rank, since, {self._key} FROM items {where} ORDER BY rank, since, rowid"
+        )
+        try:
+            while rows := cursor.fetchmany(size):
+                yield (int(rows[0][0]), str(rows[0][1])), [self._value(tuple(row[2:])) for row in rows]
+        finally:
+            cursor.close()
+
     def close(self) -> None:
         """Drop the temporary database. Safe to call twice."""
         if not self._closed:

@@ -8,16 +8,16 @@ uploader, expands ``--product`` through ``catalog.productImage.list`` and runs t
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Generator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -235,19 +235,57 @@ def run_sync(
             pairs.duplicates,
             " [dry run]" if request.dry_run else "",
         )
-        chunks = pairs.chunks(BATCH_SIZE)
+        if not request.dry_run:  # ops: retention, once the run is over (also when it failed), lock still held
+            stack.callback(store.prune_events, settings.keep_events_days)
+        catalog = (
+            catalog_chunks(
+                client, store, opts, pairs, deep=request.deep, done=products if len(products) else ()
+            )
+            if request.all
+            else None
+        )
+        chunks = work_in_order(pairs, products, catalog)
         # Closed before the pairs' database is (the stack unwinds in reverse): a generator left open would
         # be finalised later against a closed database, printing "Exception ignored in ..." on a stop.
         stack.callback(chunks.close)
-        if not request.dry_run:  # ops: retention, once the run is over (also when it failed), lock still held
-            stack.callback(store.prune_events, settings.keep_events_days)
-        product_ids = products.chunks(BATCH_SIZE)
-        stack.callback(product_ids.close)
-        sources: list[Iterator[Any]] = [chunks, (ProductChunk(tuple(ids), pairs) for ids in product_ids)]
-        if request.all:
-            sources.append(catalog_chunks(client, store, opts, pairs, deep=request.deep))
-        return syncer.run(chain(*sources), total=None if len(products) or request.all else len(pairs))
+        return syncer.run(chunks, total=None if len(products) or request.all else len(pairs))
     raise AssertionError("unreachable")
+
+
+def work_in_order(
+    pairs: PairSet, products: ProductSet, catalog: Generator[ProductChunk | PlannedChunk, None, None] | None
+) -> Generator[list[ImageRef] | ProductChunk | PlannedChunk, None, None]:
+    """Every input's work in one work order: what was never backed up and what failed (pairs and products,
+    merged by their keys, a chunk at a time), then the catalog listing's work (``--all``), then the
+    re-checks of what is backed up, longest unchecked first.
+
+    The catalog listing is read as it comes, a page at a time, so it is not merged image by image: within
+    it, items that need a call (new, changed, backup missing) are taken in the listing's id order. Merging
+    them with the other inputs would mean holding the whole listing before the first download; placing them
+    before the re-checks that the other inputs name (``--recorded``) spends a capped night on them first.
+    """
+    opened: list[Generator[Any, None, None]] = []
+
+    def merged(ranks: tuple[int, ...]) -> Iterator[list[ImageRef] | ProductChunk]:
+        refs = pairs.keyed_chunks(BATCH_SIZE, ranks=ranks)
+        ids = products.keyed_chunks(BATCH_SIZE, ranks=ranks)
+        opened.extend((refs, ids))
+        Keyed = Iterator[tuple[tuple[int, str], list[ImageRef] | ProductChunk]]
+        some: Keyed = refs
+        whole: Keyed = ((key, ProductChunk(tuple(chunk), pairs)) for key, chunk in ids)
+        for _key, chunk in heapq.merge(some, whole, key=lambda keyed: keyed[0]):
+            yield chunk
+
+    try:
+        yield from merged((0, 1))  # never backed up, then failed (Store.work_keys)
+        if catalog is not None:
+            yield from catalog
+        yield from merged((2,))  # backed up: the re-checks, longest unchecked first
+    finally:
+        for generator in opened:
+            generator.close()
+        if catalog is not None:
+            catalog.close()
 
 
 def check_dest(dest: Path, *, create: bool) -> None:
@@ -274,8 +312,14 @@ def check_dest(dest: Path, *, create: bool) -> None:
 
 
 def catalog_chunks(
-    client: Client, store: Store, opts: SyncOptions, named: Container[ImageRef], *, deep: bool
-) -> Iterator[ProductChunk | PlannedChunk]:
+    client: Client,
+    store: Store,
+    opts: SyncOptions,
+    named: Container[ImageRef],
+    *,
+    deep: bool,
+    done: Container[int] = (),
+) -> Generator[ProductChunk | PlannedChunk, None, None]:
     """``sync --all``: the catalog's listing, page by page, turned into work (notes §12).
 
     An item whose listing shows exactly the picture ids recorded for it, each backed up, is unchanged
@@ -283,8 +327,12 @@ def catalog_chunks(
     :class:`ProductChunk`, the usual plan and execute path). Once the listing is complete, the images of
     items no longer listed become missing (files kept). Nothing is concluded from a listing that was cut
     short or failed: that is a failure of the run, and nothing is marked gone.
+
+    Items in ``done`` (named with ``--product``/``--products-file``, whose images the run lists on their own)
+    are recorded as listed but given no work here: each product is done once.
     """
-    listing = CatalogListing(client)
+    # The catalogs listed before: a listing that lost one of them (or all its items) is incomplete.
+    listing = CatalogListing(client, expected=store.listed_catalogs())
     # To the microsecond: what this listing did not touch is what an earlier one listed, even a second ago.
     seen_since = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     compared = mismatched = 0
@@ -294,7 +342,7 @@ def catalog_chunks(
                 store.save_listed(page, seen_since)
             rows = store.rows_of_products([item.id for item in page])
             recorded = {pid: {r.image_id for r in found if r.status == "ok"} for pid, found in rows.items()}
-            needs_call, as_listed = plan_items(page, recorded, deep)
+            needs_call, as_listed = plan_items([item for item in page if item.id not in done], recorded, deep)
             pair_count, misses = id_mismatches(page, recorded)
             compared, mismatched = compared + pair_count, mismatched + misses
             unchanged: list[Plan] = []
@@ -311,7 +359,8 @@ def catalog_chunks(
             if unchanged:
                 yield PlannedChunk(tuple(unchanged))
             if needs_call:
-                yield ProductChunk(tuple(needs_call), named)
+                shown = {item.id: frozenset(item.picture_ids) for item in page}
+                yield ProductChunk(tuple(needs_call), named, {pid: shown[pid] for pid in needs_call})
     except ListingIncomplete as exc:
         log.error("the catalog listing is incomplete (%s): nothing is marked missing", exc.message)
         yield PlannedChunk(
@@ -327,19 +376,21 @@ def catalog_chunks(
     if opts.dry_run:
         return
     gone_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    if store.mark_gone_items(seen_since, gone_at):
-        for ids in store.iter_gone_items(gone_at):
-            gone = [
-                Plan(
-                    row.ref,
-                    Action.MISSING,
-                    "its item is no longer in the catalog; the backup is kept",
-                    None,
-                    row,
-                )
-                for rows in store.rows_of_products(ids).values()
-                for row in rows
-                if row.status != "missing"
-            ]
-            if gone:
-                yield PlannedChunk(tuple(gone))
+    store.mark_gone_items(seen_since, gone_at)
+    # Every gone item whose images are not all missing yet: this listing's, and those of a run that was
+    # killed between the two writes (the items' mark is committed first), so no image stays ok for ever.
+    for ids in store.iter_gone_items():
+        gone = [
+            Plan(
+                row.ref,
+                Action.MISSING,
+                "its item is no longer in the catalog; the backup is kept",
+                None,
+                row,
+            )
+            for rows in store.rows_of_products(ids).values()
+            for row in rows
+            if row.status != "missing" and row.ref not in named
+        ]
+        if gone:
+            yield PlannedChunk(tuple(gone))

@@ -830,7 +830,10 @@ class Store:
 
     def mark_gone_items(self, seen_since: str, now: str) -> int:
         """After a COMPLETE listing that began at ``seen_since``: mark ``gone`` (``gone_at = now``) every
-        listed item it did not show. Never call it after an incomplete listing. Returns how many."""
+        listed item it did not show. Never call it after an incomplete listing. Returns how many.
+
+        Committed on its own, before the items' images are marked missing: :meth:`iter_gone_items` finds the
+        gone items whose images a stopped run had not marked yet, so the next complete listing finishes them."""
         with self._writing() as conn:
             cursor = conn.execute(
                 "update products set status = 'gone', gone_at = ? where status = 'listed' and last_listed_at < ?",
@@ -838,21 +841,33 @@ class Store:
             )
         return cursor.rowcount
 
-    def iter_gone_items(self, gone_at: str, size: int = 500) -> Iterator[list[int]]:
-        """The ids of items marked gone at ``gone_at``, ``size`` at a time (their images become missing).
-        The lock is not held between chunks, so the caller may write meanwhile."""
+    def iter_gone_items(self, size: int = 500) -> Iterator[list[int]]:
+        """The ids of ``gone`` items that still have an image not recorded ``missing``, ``size`` at a time:
+        those marked by this listing, and any an earlier run marked gone but was stopped (killed) before
+        it had marked their images. The lock is not held between chunks, so the caller may write meanwhile."""
         last = 0
         while True:
             with self._lock:
                 rows = self.db.execute(
-                    "select product_id from products where status = 'gone' and gone_at = ? and product_id > ? "
+                    "select product_id from products p where status = 'gone' and product_id > ? and exists "
+                    "(select 1 from images i where i.product_id = p.product_id and i.status != 'missing') "
                     "order by product_id limit ?",
-                    [gone_at, last, size],
+                    [last, size],
                 ).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
             yield [row[0] for row in rows]
+
+    def listed_catalogs(self) -> dict[int, int]:
+        """``{iblock_id: items}`` of the items the listings so far show as ``listed``: the catalogs a new
+        listing must find again before it may call anything gone."""
+        with self._lock:
+            rows = self.db.execute(
+                "select iblock_id, count(*) from products where status = 'listed' and iblock_id is not null "
+                "group by iblock_id"
+            ).fetchall()
+        return {int(iblock): int(n) for iblock, n in rows}
 
     def listed_items(self) -> int:
         """Items the last complete listing showed (``status = 'listed'``); ``catalog_size`` counts gone ones too."""

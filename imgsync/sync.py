@@ -5,7 +5,9 @@ decision per image (:func:`decide`: download, upload, unchanged, missing, failed
 the downloads and uploads in a pool of worker threads that share the client's leaky bucket. Metadata
 for the next chunks is fetched while earlier downloads run, but never far ahead of them, so each
 ``downloadUrl`` is used within moments of being issued. Rows are written by the calling thread only,
-after the file is in place. ``dry_run`` stops after the decision and prints the plan.
+after the file is in place; the one exception is the worker whose download is about to go over a recorded
+backup, which first marks that row (see ``Store.mark_replacing``). ``dry_run`` stops after the decision and
+prints the plan.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -101,6 +103,9 @@ class ProductChunk:
 
     product_ids: tuple[int, ...]
     skip: Container[ImageRef] = ()
+    #: The picture ids the catalog's listing showed for these items (``sync --all``): an image list that
+    #: leaves out one of them is incomplete.
+    listed: Mapping[int, frozenset[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -312,7 +317,9 @@ class Syncer:
         self._gate = _Gate(self._workers, lambda: None)
 
     # -- the whole run ----------------------------------------------------------------------------
-    def run(self, chunks: Iterable[list[ImageRef] | ProductChunk], *, total: int | None = None) -> Summary:
+    def run(
+        self, chunks: Iterable[list[ImageRef] | ProductChunk | PlannedChunk], *, total: int | None = None
+    ) -> Summary:
         """Sync every chunk; return the summary. Fatal errors are raised after what finished is recorded.
 
         ``total``: how many images the chunks hold, when known beforehand (pairs): a capped run then counts
@@ -409,7 +416,15 @@ class Syncer:
             return item, result
         found: dict[ImageRef, PortalImage | ImageError] = {}
         extra: list[Plan] = []
+        result = {pid: self._against_listed(item, pid, listing) for pid, listing in result.items()}
         for pid, listing in result.items():
+            if isinstance(listing, ImageGone):
+                # A deleted product is no failure: its recorded images are missing, their backups kept.
+                gone = list(gone_product(self.store, pid, item.skip))
+                if not gone:
+                    log.info("product %d is not found on the portal; nothing is recorded for it", pid)
+                extra += gone
+                continue
             if isinstance(listing, ImageError):
                 extra.append(Plan(ImageRef(pid, 0), Action.FAILED, f"product {pid}: {listing.message}"))
                 continue
@@ -422,12 +437,34 @@ class Syncer:
             self._handle_plan(plan, executor)
         return list(found), found
 
+    @staticmethod
+    def _against_listed(item: ProductChunk, pid: int, listing: Listing | ImageError) -> Listing | ImageError:
+        """``listing``, incomplete when the catalog's listing showed pictures of the item that it leaves out
+        (a portal that caps the image list without ``next``): nothing of the item may be marked missing then.
+
+        Only where the two share an id, or the image list is empty: listing ids that are not image ids
+        (the docs leave it open) never match, and prove nothing."""
+        shown = item.listed.get(pid) if item.listed else None
+        if not shown or isinstance(listing, ImageError) or not listing.complete:
+            return listing
+        returned = {image.image_id for image in listing.images}
+        unseen = shown - returned
+        if not unseen or (returned and returned.isdisjoint(shown)):
+            return listing
+        log.info(
+            "item %d: the catalog listing shows pictures %s that catalog.productImage.list did not return; "
+            "its image list is incomplete and nothing of it is marked missing",
+            pid,
+            ", ".join(str(i) for i in sorted(unseen)[:10]) + (", ..." if len(unseen) > 10 else ""),
+        )
+        return Listing(listing.images, complete=False)
+
     def _workers(self) -> int:
         """Requests to keep in flight: the configured number, or (``workers = "auto"``, 0) what the
         client's measured round trip and rate call for, re-read as the run goes."""
         return self.opts.workers if self.opts.workers > 0 else self.client.concurrency(AUTO_MAX_WORKERS)
 
-    def _pipeline(self, chunks: Iterator[list[ImageRef] | ProductChunk]) -> None:
+    def _pipeline(self, chunks: Iterator[list[ImageRef] | ProductChunk | PlannedChunk]) -> None:
         threads = self.opts.workers if self.opts.workers > 0 else AUTO_MAX_WORKERS
         meta_pool = ThreadPoolExecutor(threads, thread_name_prefix="meta")
         work_pool = ThreadPoolExecutor(threads, thread_name_prefix="work")
@@ -484,13 +521,16 @@ class Syncer:
                         self.summary.deferred += 1
                 if not meta and not work:
                     break
-                done, _ = wait([*meta, *work], timeout=0.5, return_when=FIRST_COMPLETED)
+                # Chunks are planned in the order they came (the work order), however their batches finish:
+                # a later chunk's downloads must not take a capped night's turn from an earlier one's.
+                head = [next(iter(meta))] if meta else []
+                done, _ = wait([*head, *work], timeout=0.5, return_when=FIRST_COMPLETED)
+                while meta and (first := next(iter(meta))).done():
+                    item = meta.pop(first)
+                    refs, found = self._unpack(item, first.result(), (work, work_pool))
+                    self._plan_chunk(refs, found, work, work_pool)
                 for fut in done:
-                    if fut in meta:
-                        item = meta.pop(fut)
-                        refs, found = self._unpack(item, fut.result(), (work, work_pool))
-                        self._plan_chunk(refs, found, work, work_pool)
-                    else:
+                    if fut in work:
                         plan = work.pop(fut)
                         try:
                             outcome = fut.result()
@@ -533,18 +573,17 @@ class Syncer:
             for ref in chunk
         ]
         self._expected = max(1, sum(plan.action in (Action.DOWNLOAD, Action.UPLOAD) for plan in plans))
-        replacing = [plan.ref for plan in plans if self._replaces_backup(plan)]
-        if replacing and not self.opts.dry_run:
-            self.store.mark_replacing(replacing)
         for plan in plans:
             self._handle_plan(plan, (work, pool))
 
-    def _replaces_backup(self, plan: Plan) -> bool:
-        """Will this plan's download land on the file, or S3 object, that its ``ok`` row describes?"""
-        row = plan.row
-        if plan.action != Action.DOWNLOAD or row is None or row.status != "ok":
+    def _replaces_backup(self, row: StoredImage | None, relative: str) -> bool:
+        """Will a download to ``relative`` land on the file, or S3 object, that the ``ok`` row describes?"""
+        if row is None or row.status != "ok":
             return False
-        return row.local_path == plan.relative or (row.s3 is not None and row.s3.key == plan.s3_key)
+        if row.local_path == relative:
+            return True
+        uploader = self.opts.uploader
+        return row.s3 is not None and uploader is not None and row.s3.key == uploader.key_for(relative)
 
     def _handle_plan(
         self, plan: Plan, executor: tuple[dict[Future[Outcome], Plan], ThreadPoolExecutor] | None
@@ -605,9 +644,18 @@ class Syncer:
         """Download one image (the client fetches fresh links and retries), then upload it if S3 is on."""
         assert plan.image is not None
         ref = plan.ref
+        marked = False
 
         def write(image: PortalImage, body: Body) -> tuple[int, str, str]:
-            target = resolve_inside(self.opts.dest, relative_path(ref, image.name))
+            nonlocal marked
+            relative = relative_path(ref, image.name)
+            target = resolve_inside(self.opts.dest, relative)
+            if not marked and not self.opts.dry_run and self._replaces_backup(plan.row, relative):
+                # Only now, with the file's bytes arriving, does this download go over the backup its ok
+                # row describes: the row stops claiming it first (a kill between the rename and the row's
+                # commit would leave it describing bytes that are gone). Deferred work is never marked.
+                self.store.mark_replacing([ref])
+                marked = True
             size, sha256 = save_stream(body.chunks(), target, expected_size=body.content_length)
             return size, sha256, body.content_type
 
@@ -802,6 +850,22 @@ def _unlink_quietly(path: Path) -> None:
         log.warning("could not remove %s: %s", path, exc.strerror)
 
 
+def gone_product(store: Store, product_id: int, skip: Container[ImageRef] = ()) -> Iterator[Plan]:
+    """The recorded images of a product the portal answers "not found" for: missing, backups kept.
+
+    Pairs in ``skip`` (named on their own in this run) are left to their own chunk, which sees them from
+    ``get``."""
+    for row in store.rows_of_product(product_id):
+        if row.status != "missing" and row.ref not in skip:
+            yield Plan(
+                row.ref,
+                Action.MISSING,
+                "its product is not found on the portal; the backup is kept",
+                None,
+                row,
+            )
+
+
 def missing_for_products(
     store: Store, listed: dict[int, Listing | ImageError], skip: Container[ImageRef] = ()
 ) -> Iterator[Plan]:
@@ -828,5 +892,6 @@ __all__ = [
     "Syncer",
     "Uploader",
     "decide",
+    "gone_product",
     "missing_for_products",
 ]

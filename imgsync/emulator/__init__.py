@@ -135,6 +135,10 @@ the product catalog (iblock ``23``: types 1, 2, 3, 6, 7) and the variation catal
   :meth:`Portal.add_picture` (a new image id; a new DETAIL/PREVIEW picture replaces the old one),
   :meth:`Portal.replace_picture` (no ``catalog.productImage.update`` exists, so: a new image id, the old
   one gone), :meth:`Portal.delete_picture`; listings and ``catalog.productImage.*`` stay consistent.
+  ``portal.delete_once_listed`` (a set of item ids): each is deleted right after a
+  ``catalog.product.list`` page has shown it, as an item deleted between the listing and its image list.
+  ``portal.hidden_catalogs`` (iblock ids): ``catalog.catalog.list`` leaves them out, as if removed (all
+  of them: ``[]``); ``portal.empty_catalogs`` (iblock ids): the item listings show none of their items.
 
 ``batch``
 ---------

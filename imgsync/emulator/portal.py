@@ -533,6 +533,13 @@ class Portal:
         self.image_list_ignore_start = image_list_ignore_start
         self.overload = False
         self.faults = Faults()
+        #: Item ids deleted (as by :meth:`delete_item`) right after a ``catalog.product.list`` page has shown
+        #: them: an item deleted between the catalog's listing and its ``catalog.productImage.list``.
+        self.delete_once_listed: set[int] = set()
+        #: Catalog (iblock) ids that ``catalog.catalog.list`` leaves out, as if removed; all of them: ``[]``.
+        self.hidden_catalogs: set[int] = set()
+        #: Catalog (iblock) ids whose items no item listing shows (``catalog.product.list`` answers ``[]``).
+        self.empty_catalogs: set[int] = set()
         #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
         self.server_errors: list[str] = []
 
@@ -1246,7 +1253,8 @@ class Portal:
     def _m_catalogs(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
         self._require_admin()
         query = self._query(params, _CATALOG_FIELDS)
-        rows, total, following = listing.page(_catalog_rows(), query)
+        shown = [row for row in _catalog_rows() if row["iblockId"] not in self.hidden_catalogs]
+        rows, total, following = listing.page(shown, query)
         return {"catalogs": [query.project(row) for row in rows]}, total, following
 
     def _m_properties(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, int | None, int | None]:
@@ -1288,11 +1296,17 @@ class Portal:
         query = self._query(params, _ITEM_FIELDS, require=True)
         with self._state_lock:
             rows = [
-                self._item_row(item) for item in self._items.values() if types is None or item.type in types
+                self._item_row(item)
+                for item in self._items.values()
+                if (types is None or item.type in types) and item.iblock_id not in self.empty_catalogs
             ]
         found, total, following = listing.page(rows, query)
         with self._state_lock:
             pictured = [self._with_pictures(row) for row in found if row["id"] in self._items]
+        for row in pictured:
+            if row["id"] in self.delete_once_listed:
+                self.delete_once_listed.discard(row["id"])
+                self.delete_item(row["id"])
         return {key: [query.project(row) for row in pictured]}, total, following
 
     def _item_row(self, item: CatalogItem) -> dict[str, Any]:
