@@ -6,6 +6,8 @@ so "no upload" means no PUT arrived, whatever the client believes it did.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import os
@@ -464,6 +466,7 @@ def test_uploader_head_put_and_verify(s3: LocalS3Server, bucket: str, tmp_path: 
         content_type="image/png",
         metadata={"sha256": sha256(b"picture"), "product-id": "12", "image-id": "345"},
         fingerprint=None,  # put without the image: no skip-rule fields
+        checksum_sha256=base64.b64encode(hashlib.sha256(b"picture").digest()).decode(),  # the store checked
     )
     with pytest.raises(UploadError, match=r"a.png has 7 bytes, the database says 8$"):
         uploader.put(path, "p/x", sha256="0" * 64, size=8, content_type="image/png", ref=ImageRef(1, 2))
