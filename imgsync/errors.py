@@ -27,6 +27,7 @@
     │   ├── LinkRefused                        a download link was refused (401/403/404): fetch anew
     │   └── DownloadFailed                     the download did not complete or did not verify
     └── UploadError                            one S3 upload failed; the run goes on
+        ├── LocalFileChanged                   the file is not the recorded bytes: not uploaded
         └── S3SetupError          exit 2/3 the bucket is missing or the credentials are refused
 
 Each class carries the decision about it, so no caller keeps a list of classes: ``fatal`` (the run stops:
@@ -217,6 +218,11 @@ class UploadError(ImgsyncError):
     """The upload to S3 failed."""
 
     fatal = False
+
+
+class LocalFileChanged(UploadError):
+    """The local file does not hold the bytes the database records (damaged, or changed behind imgsync's back):
+    it is not uploaded."""
 
 
 class S3SetupError(UploadError):

@@ -114,6 +114,9 @@ class ObjectInfo:
     metadata: dict[str, str] = field(default_factory=dict)
     #: The skip rule's fields (name, type, createTime, detailUrl) the metadata records, decoded; None if not.
     fingerprint: tuple[str, str, str, str] | None = None
+    #: The store's own SHA-256 checksum of the bytes (base64; ``<value>-<parts>`` for a multipart object), as
+    #: verified when they were uploaded; None when the object was sent without one or the store keeps none.
+    checksum_sha256: str | None = None
 
     def same_bytes(self, sha256: str | None, size: int | None) -> bool:
         """Is this object the backup of a file with this sha256 and size? The one answer to that question."""

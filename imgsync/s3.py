@@ -1,10 +1,17 @@
 """S3 and S3-compatible storage: upload only what changed, with the content's sha256 in the object's metadata.
 
 :class:`S3Uploader` is what :class:`imgsync.sync.Syncer` calls (the ``Uploader`` protocol): ``check()`` once
-before anything is downloaded, ``head()`` to learn what an object holds, ``put()`` to upload a file through
-boto3's transfer manager (multipart above a threshold, memory bounded by part size x concurrency) and verify
-it with a HEAD before the ETag is returned. One boto3 client serves every worker thread (clients are
-thread-safe; sessions are not, so the session is private to the uploader).
+before anything is downloaded, ``head()`` to learn what an object holds, ``holds()`` to tell whether those are
+known to be a file's bytes, ``put()`` to upload a file and ``refresh()`` to bring an object's metadata up to date
+with a server-side copy. One boto3 client serves every worker thread (clients are thread-safe; sessions are not,
+so the session is private to the uploader).
+
+S3 holds only checked bytes: ``put()`` hashes the file as it reads it for the upload and sends nothing whose
+SHA-256 is not the recorded one (:class:`~imgsync.errors.LocalFileChanged`). Each request carries the SHA-256
+checksum of its body (``x-amz-checksum-sha256``; per part for a multipart upload, which is completed only once
+the whole file's hash is known to be right), so the store refuses bytes damaged on the way and keeps the
+checksum, which ``head()`` reads back. A store that refuses the checksum header (Cloudflare R2 for single
+uploads, Backblaze B2, older gateways) is sent ``Content-MD5`` instead, from then on, with a warning.
 
 Credentials, region and profile come from boto3's standard chain only (environment, ``AWS_PROFILE`` and the
 shared files, container or instance roles); imgsync's own configuration never holds them.
@@ -21,12 +28,15 @@ The test and demo server (moto's S3 on 127.0.0.1) lives with the portal emulator
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
-from concurrent.futures import CancelledError
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -47,7 +57,7 @@ from botocore.exceptions import (
 )
 from s3transfer import exceptions as transfer_errors
 
-from .errors import S3SetupError, UploadError
+from .errors import LocalFileChanged, S3SetupError, UploadError
 from .models import ImageRef, ObjectInfo, PortalImage
 from .redact import redact, redact_url, register_secret
 
@@ -99,6 +109,9 @@ _TRANSFER_ERRORS = (
     CancelledError,
 )
 _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, ProfileNotFound, CredentialRetrievalError)
+#: What a store answers a checksum header it does not implement: R2 answers 501 NotImplemented (it keeps SHA-256
+#: for multipart parts only), B2 "Unsupported header" (InvalidArgument), others InvalidRequest or a bare 400.
+_CHECKSUM_REFUSED_CODES = {"NotImplemented", "InvalidRequest", "InvalidArgument", "501", "400"}
 
 
 # --- the skip rule's fields in the object's metadata ------------------------------------------------------------
@@ -212,6 +225,25 @@ def _why(exc: BaseException) -> _Why:
     return _Why.OTHER
 
 
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _checksum_refused(exc: BaseException) -> bool:
+    """Did the store refuse the request for its checksum header (not for its bytes, nor its signature)?"""
+    return isinstance(exc, ClientError) and _error_code(exc)[0] in _CHECKSUM_REFUSED_CODES
+
+
+def composite_sha256(path: Path, part_size: int) -> str:
+    """The SHA-256 checksum S3 keeps for a multipart upload of ``path`` in parts of ``part_size``: base64 of the
+    SHA-256 of the parts' SHA-256 digests (without the ``-<parts>`` suffix)."""
+    parts = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(part_size):
+            parts.update(hashlib.sha256(chunk).digest())
+    return _b64(parts.digest())
+
+
 def _etag(value: object) -> str:
     return str(value or "").strip('"')
 
@@ -270,6 +302,9 @@ class S3Uploader:
             use_threads=max_concurrency > 1,
         )
         self._session: boto3.session.Session | None = None
+        # Set once the store refused the checksum header and took the request without it: from then on uploads
+        # carry Content-MD5 and HEADs ask for no checksum.
+        self._checksums_refused = False
         if client is not None:
             self.client = client
         else:
@@ -463,9 +498,10 @@ class S3Uploader:
 
     def head(self, key: str) -> ObjectInfo | None:
         """What the object holds, or None when it does not exist. ``sha256`` is None for an object not
-        written by imgsync. Raises :class:`UploadError`."""
+        written by imgsync; ``checksum_sha256`` the store's own checksum, when it keeps one. Raises
+        :class:`UploadError`."""
         try:
-            reply = self.client.head_object(Bucket=self.bucket, Key=key)
+            reply = self._head(key)
         except _BOTO_ERRORS as exc:
             if _why(exc) is _Why.NOT_FOUND:
                 return None
@@ -478,7 +514,49 @@ class S3Uploader:
             content_type=reply.get("ContentType"),
             metadata=metadata,
             fingerprint=fingerprint_of(metadata),
+            checksum_sha256=reply.get("ChecksumSHA256") or None,
         )
+
+    def _head(self, key: str) -> Any:
+        """HeadObject, asking for the stored checksum unless the store refuses that (B2 refused the header)."""
+        if self._checksums_refused:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if not _checksum_refused(exc):
+                raise
+            refusal = exc
+        try:
+            reply = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _why(exc) is _Why.NOT_FOUND:  # an answer: it was the header that was refused
+                self._refused_checksums(self._url(key), refusal)
+            raise
+        self._refused_checksums(self._url(key), refusal)
+        return reply
+
+    def holds(self, found: ObjectInfo, path: Path | None, sha256: str, size: int) -> bool:
+        """Are the object's bytes known to be these (``sha256``, ``size``, the file at ``path``)?
+
+        Its ``sha256`` metadata and size are only labels, written beside whatever bytes were sent. The bytes
+        themselves are known by the checksum the store verified when they arrived: for a single upload the
+        SHA-256 of the whole object, for a multipart one the SHA-256 of its parts' SHA-256, recomputed here from
+        the file in our part size. An object sent without a checksum (by an earlier imgsync, or to a store that
+        refuses them) is not known, whatever its labels say.
+        """
+        if not found.same_bytes(sha256, size) or not found.checksum_sha256:
+            return False
+        value = found.checksum_sha256.split("-", 1)[0]
+        if value == _b64(bytes.fromhex(sha256)):
+            return True
+        chunk = self.transfer_config.multipart_chunksize
+        if path is None or size <= chunk:
+            return False
+        try:
+            return value == composite_sha256(path, chunk)
+        except OSError:
+            return False
 
     def list_pages(self, page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
         """The objects under the prefix, a page (``ListObjectsV2``, through boto3's paginator) at a time:
@@ -530,37 +608,192 @@ class S3Uploader:
         ref: ImageRef,
         image: PortalImage | None = None,
     ) -> str:
-        """Upload ``path`` to ``key``, verify the object (size and sha256 metadata), return its ETag.
+        """Upload ``path`` to ``key`` if it holds ``size`` bytes with ``sha256``; verify the object (size and
+        sha256 metadata); return its ETag.
 
-        With ``image``, the metadata also holds the skip rule's fields (see :func:`object_metadata`).
+        The file is hashed as it is read for the upload, and each request carries the SHA-256 checksum of its
+        body for the store to verify (Content-MD5 where the store refuses checksums). Files above the multipart
+        threshold go up in parts, at most ``max_concurrency`` in flight; the upload is completed only once the
+        whole file's hash is known to be ``sha256``, else aborted. With ``image``, the metadata also holds the
+        skip rule's fields (see :func:`object_metadata`).
 
-        Raises :class:`UploadError`; the object may then be absent, or present from an earlier upload.
+        Raises :class:`LocalFileChanged` when the file is not those bytes (nothing is then written to ``key``),
+        :class:`UploadError` otherwise; the object may then be absent, or present from an earlier upload.
         """
-        try:
-            actual = os.stat(path).st_size
-        except OSError as exc:
-            raise UploadError(f"{self._url(key)}: cannot read {path}: {exc.strerror}") from None
-        if actual != size:
-            raise UploadError(f"{self._url(key)}: {path} has {actual} bytes, the database says {size}")
         extra = {
             "Metadata": object_metadata(sha256, ref, image),
             "ContentType": content_type or "application/octet-stream",
         }
+        url = self._url(key)
         try:
-            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=self.transfer_config)
+            with open(path, "rb") as f:
+                actual = os.fstat(f.fileno()).st_size
+                if actual != size:
+                    raise LocalFileChanged(
+                        f"{url}: not uploaded, {path} has {actual} bytes, the database says {size}"
+                    )
+                if size <= self.transfer_config.multipart_threshold:
+                    etag = self._put_single(f, path, key, sha256, size, extra)
+                else:
+                    etag = self._put_multipart(f, path, key, sha256, size, extra)
         except OSError as exc:
-            raise UploadError(f"{self._url(key)}: cannot read {path}: {exc.strerror or exc}") from None
+            raise UploadError(f"{url}: cannot read {path}: {exc.strerror or exc}") from None
         except _BOTO_ERRORS as exc:
             raise self._translate(exc, key=key) from None
         found = self.head(key)
         if found is None:
-            raise UploadError(
-                f"{self._url(key)}: not verified, the object is not there right after the upload"
-            )
+            raise UploadError(f"{url}: not verified, the object is not there right after the upload")
         if not found.same_bytes(sha256, size):
             raise UploadError(
-                f"{self._url(key)}: not verified, the object holds {found.size} bytes with sha256 "
+                f"{url}: not verified, the object holds {found.size} bytes with sha256 "
                 f"{found.sha256 or 'unset'}, expected {size} bytes with sha256 {sha256}"
             )
-        log.debug("uploaded %s (%d bytes, etag %s)", self._url(key), size, found.etag)
-        return str(found.etag)
+        log.debug("uploaded %s (%d bytes, etag %s)", url, size, found.etag)
+        return _etag(etag) or str(found.etag)
+
+    def _changed(
+        self, path: Path, key: str, read: int, digest: str, sha256: str, size: int
+    ) -> LocalFileChanged:
+        return LocalFileChanged(
+            f"{self._url(key)}: not uploaded, {path} holds {read} bytes with sha256 {digest}, not the recorded "
+            f"{size} bytes with sha256 {sha256}"
+        )
+
+    def _refused_checksums(self, url: str, exc: BaseException) -> None:
+        if not self._checksums_refused:
+            self._checksums_refused = True
+            log.warning(
+                "%s: S3 at %s refused the SHA-256 checksum header (%s); uploads to it carry Content-MD5 from now "
+                "on, and what it holds is checked by its size and sha256 metadata only",
+                url,
+                self.where,
+                _boto_text(exc),
+            )
+
+    def _with_checksum(self, url: str, send: Callable[[bool], Any]) -> Any:
+        """``send(True)`` (with the SHA-256 checksum header); once without it when the store refuses it."""
+        if self._checksums_refused:
+            return send(False)
+        try:
+            return send(True)
+        except ClientError as exc:
+            if not _checksum_refused(exc):
+                raise
+            reply = send(False)  # a refusal for another reason fails again, and that is the error shown
+            self._refused_checksums(url, exc)
+            return reply
+
+    def _put_single(self, f: Any, path: Path, key: str, sha256: str, size: int, extra: dict[str, Any]) -> str:
+        # At most multipart_threshold bytes: read once, hashed, and these very bytes are sent.
+        data = f.read(size + 1)
+        digest = hashlib.sha256(data)
+        if len(data) != size or digest.hexdigest() != sha256:
+            raise self._changed(path, key, len(data), digest.hexdigest(), sha256, size)
+
+        def send(checksum: bool) -> Any:
+            if checksum:
+                integrity = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": _b64(digest.digest())}
+            else:
+                integrity = {"ContentMD5": _b64(hashlib.md5(data).digest())}
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra, **integrity)
+
+        return str(self._with_checksum(self._url(key), send).get("ETag") or "")
+
+    def _put_multipart(
+        self, f: Any, path: Path, key: str, sha256: str, size: int, extra: dict[str, Any]
+    ) -> str:
+        def send(checksum: bool) -> Any:
+            f.seek(0)
+            return self._multipart(f, path, key, sha256, size, extra, checksum)
+
+        return str(self._with_checksum(self._url(key), send).get("ETag") or "")
+
+    def _multipart(
+        self, f: Any, path: Path, key: str, sha256: str, size: int, extra: dict[str, Any], checksum: bool
+    ) -> Any:
+        """One multipart upload, read in order and hashed as read; completed only if the hash is ``sha256``."""
+        chunk_size = self.transfer_config.multipart_chunksize
+        in_flight = max(1, self.transfer_config.max_concurrency)
+        algorithm = {"ChecksumAlgorithm": "SHA256"} if checksum else {}
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra, **algorithm)[
+            "UploadId"
+        ]
+        try:
+            whole, read, parts = hashlib.sha256(), 0, []
+            with ThreadPoolExecutor(in_flight, thread_name_prefix="s3-part") as pool:
+                pending: deque[Future[dict[str, Any]]] = deque()
+                number = 0
+                while chunk := f.read(chunk_size):
+                    whole.update(chunk)
+                    read += len(chunk)
+                    number += 1
+                    pending.append(pool.submit(self._part, key, upload_id, number, chunk, checksum))
+                    if len(pending) >= in_flight:  # memory: in_flight parts, whatever the file's size
+                        parts.append(pending.popleft().result())
+                parts.extend(part.result() for part in pending)
+            if read != size or whole.hexdigest() != sha256:
+                raise self._changed(path, key, read, whole.hexdigest(), sha256, size)
+            return self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except _BOTO_ERRORS as exc:  # a lifecycle rule cleans up what this leaves (docs/s3.md)
+                log.warning("%s: could not abort the multipart upload: %s", self._url(key), _boto_text(exc))
+            raise
+
+    def _part(self, key: str, upload_id: str, number: int, chunk: bytes, checksum: bool) -> dict[str, Any]:
+        part: dict[str, Any] = {"PartNumber": number}
+        if checksum:
+            part["ChecksumSHA256"] = _b64(hashlib.sha256(chunk).digest())
+            integrity = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": part["ChecksumSHA256"]}
+        else:
+            integrity = {"ContentMD5": _b64(hashlib.md5(chunk).digest())}
+        reply = self.client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, **integrity
+        )
+        part["ETag"] = reply["ETag"]
+        return part
+
+    def refresh(
+        self,
+        key: str,
+        found: ObjectInfo,
+        *,
+        sha256: str,
+        size: int,
+        content_type: str,
+        ref: ImageRef,
+        image: PortalImage,
+        path: Path | None = None,
+    ) -> str:
+        """Bring the metadata of the object ``found`` at ``key`` (which :meth:`holds` these bytes) up to date
+        with ``image``'s skip-rule fields: a server-side copy onto itself, no bytes sent. Its content type and
+        ``sha256`` stay; the copy is made only if the object is still the one found (its ETag). Verified with a
+        HEAD; returns the new ETag. Raises :class:`UploadError`.
+        """
+        url = self._url(key)
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "CopySource": {"Bucket": self.bucket, "Key": key},
+            "MetadataDirective": "REPLACE",
+            "Metadata": object_metadata(sha256, ref, image),
+            "ContentType": found.content_type or content_type or "application/octet-stream",
+        }
+        if found.etag:
+            args["CopySourceIfMatch"] = f'"{found.etag}"'
+        try:
+            reply = self.client.copy_object(**args)
+        except _BOTO_ERRORS as exc:
+            raise self._translate(exc, key=key) from None
+        after = self.head(key)
+        if (
+            after is None
+            or not self.holds(after, path, sha256, size)
+            or after.fingerprint != image.fingerprint()
+        ):
+            raise UploadError(f"{url}: not verified, the object's metadata is not what was copied onto it")
+        log.debug("refreshed the metadata of %s", url)
+        return _etag((reply.get("CopyObjectResult") or {}).get("ETag")) or str(after.etag)

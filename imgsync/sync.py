@@ -31,6 +31,7 @@ from .errors import (
     ImgsyncError,
     InternalError,
     Interrupted,
+    LocalFileChanged,
     UploadError,
 )
 from .models import (
@@ -75,8 +76,28 @@ class Uploader(Protocol):
         ref: ImageRef,
         image: PortalImage | None = None,
     ) -> str:
-        """Upload (with ``image``'s skip-rule fields in the metadata); return the ETag. Raises
-        :class:`~imgsync.errors.UploadError`."""
+        """Upload a file that is hashed as it is read and checked by the store (with ``image``'s skip-rule
+        fields in the metadata); return the ETag. Raises :class:`~imgsync.errors.LocalFileChanged` when the
+        file does not hold ``sha256``, :class:`~imgsync.errors.UploadError` otherwise."""
+        ...
+
+    def holds(self, found: ObjectInfo, path: Path | None, sha256: str, size: int) -> bool:
+        """Are ``found``'s bytes known (by the checksum the store verified) to be these?"""
+        ...
+
+    def refresh(
+        self,
+        key: str,
+        found: ObjectInfo,
+        *,
+        sha256: str,
+        size: int,
+        content_type: str,
+        ref: ImageRef,
+        image: PortalImage,
+        path: Path | None = None,
+    ) -> str:
+        """Replace the object's metadata with ``image``'s by a server-side copy; return the ETag."""
         ...
 
 
@@ -678,9 +699,12 @@ class Syncer:
         )
         if self.opts.uploader is not None:
             key = self.opts.uploader.key_for(relative)
-            outcome = self._ensure_uploaded(
-                outcome, resolve_inside(self.opts.dest, relative), key, row, image
-            )
+            try:
+                outcome = self._ensure_uploaded(
+                    outcome, resolve_inside(self.opts.dest, relative), key, row, image
+                )
+            except LocalFileChanged as exc:  # changed on disk since it was written: no backup, none claimed
+                outcome = replace(outcome, local_path=None, upload_error=exc.message)
         if row is not None and row.local_path and row.local_path != relative and not outcome.failed:
             # Replaced under a new name: the new file supersedes the old one, which goes once the new row
             # is committed (see _flush), never while the old row still names it.
@@ -688,7 +712,11 @@ class Syncer:
         return outcome
 
     def _upload_only(self, plan: Plan) -> Outcome:
-        """The local file is current but S3 is not: upload without downloading."""
+        """The local file is current but S3 is not: upload without downloading.
+
+        The file is hashed as it is read for the upload; one that no longer holds the recorded bytes (same size,
+        other content) is not uploaded: the image is downloaded again, or, when that fails, its row fails and
+        stops naming the file."""
         row = plan.row
         assert row is not None and row.local_path and plan.s3_key is not None
         path = inside_dest(self.opts.dest, row.local_path)
@@ -702,39 +730,70 @@ class Syncer:
             size=row.size,
             local_path=row.local_path,
         )
-        return self._ensure_uploaded(outcome, path, plan.s3_key, row, plan.image)
+        try:
+            return self._ensure_uploaded(outcome, path, plan.s3_key, row, plan.image)
+        except LocalFileChanged as exc:
+            damaged = exc.message
+        log.warning("%s: the local file is damaged, downloading it again: %s", plan.ref, damaged)
+        # Whatever happens next, the row stops naming a file that does not hold its bytes.
+        failed = replace(outcome, local_path=None, clear_local=True)
+        cap = self._cap()
+        if cap is not None:
+            return replace(failed, upload_error=f"{damaged}; not downloaded again ({cap} reached)")
+        self._downloads_started += 1
+        try:
+            return self._download(replace(plan, action=Action.DOWNLOAD, reason="local file damaged"))
+        except ImgsyncError as exc:
+            if exc.fatal or isinstance(exc, ImageGone):
+                raise
+            return replace(failed, upload_error=f"{damaged}; downloading it again failed: {exc.message}")
 
     def _ensure_uploaded(
         self, outcome: Outcome, path: Path, key: str, row: StoredImage | None, image: PortalImage | None
     ) -> Outcome:
-        """Put the file in S3 unless the same bytes are already there; the outcome says what happened.
+        """Put the file in S3 unless its bytes are known to be there already; the outcome says what happened.
 
-        An object found in place that no row records counts only when its metadata also holds ``image``'s
-        skip-rule fields (see :meth:`ObjectInfo.backs_up`)."""
+        The database's record of the object is not enough (the local file may come back after a repair, and
+        ``keep_local = false`` removes it next): the object is asked (a HEAD). One whose bytes the store's
+        checksum shows to be these is kept; when its metadata holds older skip-rule fields than ``image``'s, a
+        server-side copy brings them up to date. Anything else is uploaded. Raises :class:`LocalFileChanged`
+        when the file does not hold ``outcome.sha256``."""
         uploader = self.opts.uploader
         assert uploader is not None and outcome.sha256 is not None and outcome.size is not None
         sha256, size = outcome.sha256, outcome.size
         force = self.opts.force and outcome.event == Event.DOWNLOADED
-        recorded = row.s3 if row is not None else None
+        content_type = outcome.content_type or (row.content_type if row else None)
+        content_type = content_type or "application/octet-stream"
         try:
-            if not force and recorded is not None and recorded.key == key and recorded.sha256 == sha256:
-                s3, sent = recorded, False
-            else:
-                found = None if force else uploader.head(key)
-                if found is not None and found.backs_up(sha256, size, image):
-                    s3, sent = S3Object(key, found.etag, sha256), False
-                else:
-                    content_type = outcome.content_type or (row.content_type if row else None)
-                    etag = uploader.put(
-                        path,
+            found = None if force else uploader.head(key)
+            if found is not None and uploader.holds(found, path, sha256, size):
+                etag = found.etag
+                if image is not None and found.fingerprint != image.fingerprint():
+                    etag = uploader.refresh(
                         key,
+                        found,
                         sha256=sha256,
                         size=size,
-                        content_type=content_type or "application/octet-stream",
+                        content_type=content_type,
                         ref=outcome.ref,
                         image=image,
+                        path=path,
                     )
-                    s3, sent = S3Object(key, etag, sha256), True
+                    log.info("%s: metadata of %s brought up to date", outcome.ref, key)
+                s3, sent = S3Object(key, etag, sha256), False
+            else:
+                etag = uploader.put(
+                    path,
+                    key,
+                    sha256=sha256,
+                    size=size,
+                    content_type=content_type,
+                    ref=outcome.ref,
+                    image=image,
+                )
+                s3, sent = S3Object(key, etag, sha256), True
+        except LocalFileChanged:
+            raise
         except UploadError as exc:
             return replace(outcome, upload_error=exc.message)
         outcome = replace(outcome, s3=s3, uploaded=sent)

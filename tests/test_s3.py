@@ -6,6 +6,8 @@ so "no upload" means no PUT arrived, whatever the client believes it did.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import os
@@ -410,12 +412,17 @@ def test_upload_refused_fails_each_image_not_the_run(
     assert result.exit_code == 1
     summary = summary_of(result.stdout)
     assert (summary["downloaded"], summary["uploaded"], summary["failed"]) == (3, 0, 3)
-    for row in env.rows():
+    failures = {(f["product_id"], f["image_id"]): f["reason"] for f in summary["failures"]}
+    rows = env.rows()
+    assert len(rows) == 3
+    for row in rows:
         assert row["status"] == "failed"
-        assert row["error"] == (
-            f"upload failed: s3://{bucket}/{row['local_path']}: S3 at {s3.endpoint_url} refused access "
-            "(access denied)"
+        # Ours: the image's object and the endpoint named, "refused access"; the parenthesis after it is the
+        # store's own answer, which differs between servers and botocore versions.
+        assert row["error"].startswith(
+            f"upload failed: s3://{bucket}/{row['local_path']}: S3 at {s3.endpoint_url} refused access ("
         )
+        assert failures[(row["product_id"], row["image_id"])] == row["error"]
     assert_no_secret(result, key["SecretAccessKey"])
     from moto import settings
 
@@ -459,6 +466,7 @@ def test_uploader_head_put_and_verify(s3: LocalS3Server, bucket: str, tmp_path: 
         content_type="image/png",
         metadata={"sha256": sha256(b"picture"), "product-id": "12", "image-id": "345"},
         fingerprint=None,  # put without the image: no skip-rule fields
+        checksum_sha256=base64.b64encode(hashlib.sha256(b"picture").digest()).decode(),  # the store checked
     )
     with pytest.raises(UploadError, match=r"a.png has 7 bytes, the database says 8$"):
         uploader.put(path, "p/x", sha256="0" * 64, size=8, content_type="image/png", ref=ImageRef(1, 2))
@@ -592,10 +600,10 @@ def test_a_profile_that_is_not_there_exits_3_naming_it(
     portal.reset_stats()
     result = invoke(env.args(portal, *s3_args(s3, bucket, *all_pairs(portal))))
     assert result.exit_code == 3
-    assert result.stderr == (
-        "imgsync: error: The config profile (nightly) could not be found: fix AWS_PROFILE or add the profile "
-        "to ~/.aws/config\n"
-    )
+    # botocore words the first half ("The config profile (nightly) could not be found"); ours is the advice.
+    assert result.stderr.startswith("imgsync: error: ")
+    assert "(nightly)" in result.stderr
+    assert result.stderr.endswith(": fix AWS_PROFILE or add the profile to ~/.aws/config\n")
     assert portal.stats.requests == 0
 
 
@@ -637,6 +645,10 @@ class _RefusingClient:
 
     def list_objects_v2(self, **_: Any) -> None:
         raise _client_error("SignatureDoesNotMatch", 403, "ListObjectsV2")
+
+
+#: In a message of the table below: the exception's own text, botocore's words (they change between versions).
+EXC = "<str(exc)>"
 
 
 def _translation_cases() -> list[Any]:
@@ -695,7 +707,7 @@ def _translation_cases() -> list[Any]:
             "key",
             RetriesExceededError(ValueError("part 3")),
             None,
-            "s3://b/k: RetriesExceededError: Max Retries Exceeded",
+            f"s3://b/k: RetriesExceededError: {EXC}",
             id="object-transfer",
         ),
         c(
@@ -731,7 +743,7 @@ def _translation_cases() -> list[Any]:
             "check",
             EndpointConnectionError(endpoint_url=where),
             2,
-            f"cannot reach S3 at {where} (bucket 'b'): connection failed (EndpointConnectionError: Could not connect to the endpoint URL: \"{where}\"); check s3.endpoint_url and that the server is running",
+            f"cannot reach S3 at {where} (bucket 'b'): connection failed (EndpointConnectionError: {EXC}); check s3.endpoint_url and that the server is running",
             id="check-unreachable",
         ),
         c(
@@ -745,14 +757,14 @@ def _translation_cases() -> list[Any]:
             "check",
             NoCredentialsError(),
             3,
-            "cannot load AWS credentials for S3 bucket 'b': Unable to locate credentials",
+            f"cannot load AWS credentials for S3 bucket 'b': {EXC}",
             id="check-no-credentials",
         ),
         c(
             "check",
             ProfileNotFound(profile="nightly"),
             3,
-            "The config profile (nightly) could not be found: fix AWS_PROFILE or add the profile to ~/.aws/config",
+            f"{EXC}: fix AWS_PROFILE or add the profile to ~/.aws/config",
             id="profile",
         ),
         # loading credentials: whatever fails there is theirs (an expired SSO login is a plain BotoCoreError)
@@ -760,15 +772,14 @@ def _translation_cases() -> list[Any]:
             "credentials",
             CredentialRetrievalError(provider="sso", error_msg="token expired"),
             3,
-            "cannot load AWS credentials for S3 bucket 'b': Error when retrieving credentials from sso: token expired",
+            f"cannot load AWS credentials for S3 bucket 'b': {EXC}",
             id="credentials",
         ),
         c(
             "credentials",
             ReadTimeoutError(endpoint_url="http://169.254.169.254"),
             3,
-            "cannot load AWS credentials for S3 bucket 'b': connection failed (ReadTimeoutError: Read timeout on "
-            'endpoint URL: "http://169.254.169.254")',
+            f"cannot load AWS credentials for S3 bucket 'b': connection failed (ReadTimeoutError: {EXC})",
             id="credentials-role-endpoint-timeout",
         ),
         # a step named by its caller
@@ -815,4 +826,4 @@ def test_every_botocore_failure_is_translated_in_one_place(
     else:
         assert type(error) is S3SetupError
         assert error.exit_code == exit_code
-    assert str(error) == message
+    assert str(error) == message.replace(EXC, str(exc))
