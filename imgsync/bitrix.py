@@ -564,7 +564,8 @@ def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> Im
     A TLS failure and a host name that does not resolve will not get better by retrying: they stop the
     run at once, naming the host (``reached`` says the portal has answered before in this run: then a
     failure of this kind is a passing network fault, retried like the others). A refused connection is
-    :data:`UNREACHABLE`: retried briefly by the caller.
+    :data:`UNREACHABLE` (retried briefly by the caller) until the portal has answered, and a dropped
+    connection (the full backoff) after.
     """
     parts = urlsplit(url)
     host = parts.hostname or "?"
@@ -580,12 +581,15 @@ def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> Im
         return PortalAddressError(
             f"the portal's host name {host!r} does not resolve: check bitrix24.webhook_url / portal_url"
         )
+    # Once the portal has answered, a refused connection is a proxy or the portal restarting: a passing fault
+    # that gets the whole backoff ladder, like a dropped connection. Before that it is a wrong address.
+    unreachable = "DROPPED" if reached else UNREACHABLE
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return TransientError(f"no connection to {host}:{port} within the timeout", code=UNREACHABLE)
+        return TransientError(f"no connection to {host}:{port} within the timeout", code=unreachable)
     if isinstance(exc, requests.exceptions.Timeout) or any(isinstance(c, ReadTimeoutError) for c in causes):
         return TransientError(f"{host}:{port} stopped answering (read timeout)", code="TIMEOUT")
     if any(isinstance(c, NewConnectionError | ConnectionRefusedError) for c in causes):
-        return TransientError(f"connection to {host}:{port} refused", code=UNREACHABLE)
+        return TransientError(f"connection to {host}:{port} refused", code=unreachable)
     return TransientError(f"{type(exc).__name__} talking to {host}:{port}", code="DROPPED")
 
 

@@ -8,6 +8,7 @@ is recorded ``ok``; whatever may pass is retried; what cannot pass stops the run
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,39 @@ def test_a_refused_connection_is_retried_briefly_then_exit_4_naming_host_and_por
     assert f"the portal cannot be reached at 127.0.0.1:{port}" in result.stderr
     assert result.stderr.count("retrying") == 2
     assert "secretcode42" not in result.stderr
+
+
+def test_a_portal_that_restarts_mid_run_is_waited_for_not_given_up_on(env: Env) -> None:
+    # Once the portal has answered, refused connections are a proxy or the portal restarting: the run waits
+    # with the full backoff (retries up to about 30 s), instead of exit 4 after three quick tries.
+    catalog = make_catalog(products=30, images_per_product=3, min_size=500, max_size=3000, seed=22)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        portal.faults = Faults(slow_download=0.2)  # downloads are in flight when it goes away
+        outage: list[float] = []
+
+        def restart() -> None:
+            deadline = time.monotonic() + 60
+            while portal.stats.downloads_served < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            portal.stop()  # refuses every connection on its port from now on
+            outage.append(time.monotonic())
+            time.sleep(2.0)
+            portal.start()  # the same port
+            outage.append(time.monotonic())
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        try:
+            result = invoke(["-v", *env.args(portal, "--json", *all_pairs(portal))])
+        finally:
+            restarter.join()
+        assert len(outage) == 2  # the portal really was away for 2 s during the run
+        assert result.exit_code == 0, result.stderr
+        summary = summary_of(result.stdout)
+        assert (summary["downloaded"], summary["failed"]) == (90, 0)
+        assert "refused" in result.stderr  # -v names the retries and their cause
+        assert "cannot be reached" not in result.stderr
+        assert_every_byte_right(env, portal)
 
 
 def test_a_renamed_portal_is_followed_with_a_warning_and_credentials_go_nowhere_else(
