@@ -164,9 +164,10 @@ class OperatingBudget:
     The portal sums each method's execution time over ten one-minute baskets (``window``) and refuses
     (429 ``OPERATION_TIME_LIMIT``) a call when the sum already exceeds its limit (limits.md; 480 s in the
     docs' example, the real cloud value is not published). Every answer reports the sum for its method
-    (``time.operating``, or ``result_time[key].operating`` per batch command). We keep per method the last
-    reported sum, the rise each answer showed (an event ``(t, seconds)``) and the largest recent rise per
-    command (``cost``). Before sending ``n`` commands of a method, :meth:`reserve` sleeps until
+    (``time.operating``, or ``result_time[key].operating`` per batch command). The first answer is a
+    baseline (its sum is mostly others' use: another integration, the last cron run). We keep per method
+    the highest recent reported sum, the rise each later answer showed (an event ``(t, seconds)``) and the
+    largest recent rise per command (``cost``). Before sending ``n`` commands of a method, :meth:`reserve` sleeps until
     ``sum + n * cost`` fits under ``threshold * limit``.
 
     What drops out of the portal's sum meanwhile is modelled from our own events. A basket starts with a
@@ -206,15 +207,25 @@ class OperatingBudget:
             return
         now = self._clock()
         with self._lock:
+            reported = self._reported.get(method)
+            if reported is None:
+                # The first answer's sum holds what others used in the window (another integration, the
+                # last cron run) as well as this call: a baseline to measure from, not this run's cost.
+                self._reported[method] = (float(used), now)
+                return
             before = self._estimate(method, now)
             costs = self._costs.setdefault(method, [])
-            # A sum lower than expected: baskets dropped out meanwhile; the call still cost about as usual.
+            # A sum lower than expected: baskets dropped out meanwhile, or (parallel requests) an older
+            # report read after a newer one; the call still cost about as usual.
             rise = float(used) - before if used >= before else (max(costs) if costs else 0.0)
             rise = max(0.0, rise)
             costs.append(rise)
             del costs[:-20]
             self._events.setdefault(method, []).append((now, rise))
-            self._reported[method] = (float(used), now)
+            # Keep the highest recent report: answers arrive out of order, and a lower sum read within a
+            # basket's time of a higher one is more likely older than a sign that baskets dropped out.
+            if used >= before or now - reported[1] >= self.window / 10:
+                self._reported[method] = (float(used), now)
             self.spent[method] = self.spent.get(method, 0.0) + rise
 
     def cost(self, method: str) -> float | None:

@@ -12,7 +12,15 @@ import pytest
 import requests
 from urllib3.exceptions import NameResolutionError
 
-from imgsync.bitrix import Client, LeakyBucket, RetryPolicy, WebhookAuth, classify, not_the_file
+from imgsync.bitrix import (
+    Client,
+    LeakyBucket,
+    OperatingBudget,
+    RetryPolicy,
+    WebhookAuth,
+    classify,
+    not_the_file,
+)
 from imgsync.errors import (
     AuthError,
     ImageDenied,
@@ -99,6 +107,23 @@ def test_bucket_fill_after_a_503_slows_everyone() -> None:
     bucket = LeakyBucket(2.0, 50, clock=clock, sleep=clock.sleep)
     bucket.fill()
     assert bucket.acquire() == pytest.approx(0.5)
+
+
+def test_operating_budget_takes_the_first_answer_as_a_baseline_and_keeps_the_highest_recent_report() -> None:
+    clock = FakeClock()
+    clock.now = 1_000_000.0
+    budget = OperatingBudget(480.0, clock=clock)  # room up to 0.9 * 480 = 432 s
+    budget.note("m", {"operating": 200.0})  # mostly others' use: not this run's cost
+    assert budget.cost("m") is None and budget.spent.get("m", 0.0) == 0.0
+    clock.now += 1
+    budget.note("m", {"operating": 210.0})  # this call cost 10 s
+    assert budget.cost("m") == 10.0
+    budget.note("m", {"operating": 205.0})  # an older answer read late (parallel requests)
+    # 18 commands of 10 s (x 1.25 headroom) fit on top of 205 s, not on top of the 210 s reported first.
+    assert budget.delay({"m": 18}) > 0
+    clock.now += 61  # a basket's time later, a lower sum means baskets dropped out: it replaces the report
+    budget.note("m", {"operating": 100.0})
+    assert budget.delay({"m": 18}) == 0
 
 
 # -- the client through a fake session: one function's behaviour, no server -------------------------------
