@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -385,6 +385,12 @@ class OAuth:
     rotated refresh token is saved even if the run dies right after; the pair is kept in memory first, so
     a failing callback never loses it. ``sleep`` waits between retries of the token endpoint: pass a
     stop-aware one (the client's) so that Ctrl-C ends a renewal too.
+
+    One pair per database: other processes (``check``, a dry run, a sync) renew the same pair, and the
+    portal retires a refresh token once it is used. So a renewal runs inside ``renew_lock()`` (a lock
+    every process on the database shares) and starts with ``load_stored()``, the pair stored now: when
+    it is not the one this client last saw stored (``stored``, what it started from or wrote), another
+    process renewed meanwhile, and that newer pair is adopted instead of spending a retired token.
     """
 
     def __init__(
@@ -400,6 +406,9 @@ class OAuth:
         session: requests.Session | None = None,
         timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        load_stored: Callable[[], tuple[str, str] | None] | None = None,
+        renew_lock: Callable[[], AbstractContextManager[Any]] | None = None,
+        stored: tuple[str, str] | None = None,
     ) -> None:
         root = portal_url.rstrip("/")
         if root.endswith("/rest"):
@@ -415,6 +424,10 @@ class OAuth:
         self.timeout = timeout
         self.sleep = sleep
         self.renewals = 0
+        self.adopted = 0  # pairs another process renewed and this one took over
+        self.load_stored = load_stored
+        self.renew_lock = renew_lock or nullcontext
+        self._stored = stored
         self._lock = threading.Lock()
         for secret in (client_secret, access_token, refresh_token):
             register_secret(secret)
@@ -441,29 +454,45 @@ class OAuth:
         with self._lock:
             if self.access_token and self.access_token != used:
                 return
-            if not self.refresh_token:
-                raise AuthError("the access token expired and no refresh token is configured")
-            query = {
-                "grant_type": "refresh_token",
-                "client_id": self.client_id,
-                "client_secret": self.client_secret,
-                "refresh_token": self.refresh_token,
-            }
-            data = self._token_request(query)
-            access, refresh = data.get("access_token"), data.get("refresh_token")
-            if not access or not refresh:
-                raise AuthError("the OAuth server's answer has no access_token/refresh_token")
-            register_secret(access)
-            register_secret(refresh)
-            # In memory first: the old refresh token may be spent now, so this pair must never be lost.
-            self.access_token, self.refresh_token = access, refresh
-            self.renewals += 1
-            log.info("renewed the OAuth access token")
-            if self.on_renew is not None:
-                try:
-                    self.on_renew(access, refresh)
-                except ImgsyncError as exc:
-                    log.error("the renewed OAuth tokens could not be saved: %s", exc.message)
+            with self.renew_lock():
+                self._renew()
+
+    def _renew(self) -> None:
+        """Adopt the stored pair if another process renewed it, else renew it. Both locks held."""
+        stored = self.load_stored() if self.load_stored is not None else None
+        if stored is not None and stored != self._stored and stored[0] != self.access_token:
+            self._stored = stored
+            self.access_token, self.refresh_token = stored
+            register_secret(stored[0])
+            register_secret(stored[1])
+            self.adopted += 1
+            log.info("took over the OAuth tokens another imgsync process renewed")
+            return
+        if not self.refresh_token:
+            raise AuthError("the access token expired and no refresh token is configured")
+        query = {
+            "grant_type": "refresh_token",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "refresh_token": self.refresh_token,
+        }
+        data = self._token_request(query)
+        access, refresh = data.get("access_token"), data.get("refresh_token")
+        if not access or not refresh:
+            raise AuthError("the OAuth server's answer has no access_token/refresh_token")
+        register_secret(access)
+        register_secret(refresh)
+        # In memory first: the old refresh token may be spent now, so this pair must never be lost.
+        self.access_token, self.refresh_token = access, refresh
+        self.renewals += 1
+        log.info("renewed the OAuth access token")
+        if self.on_renew is not None:
+            try:
+                self.on_renew(access, refresh)
+            except ImgsyncError as exc:
+                log.error("the renewed OAuth tokens could not be saved: %s", exc.message)
+            else:
+                self._stored = (access, refresh)
 
     def _token_request(self, query: dict[str, str]) -> dict[str, Any]:
         rng = random.Random()
@@ -745,7 +774,7 @@ class Client:
         Retries what may be retried; raises :class:`AuthError`, :class:`PortalUnavailable` or the
         method's own error (an :class:`ImageError`) otherwise.
         """
-        renewed = False
+        renewals = 0
         unreachable = 0
         last: ImgsyncError | None = None
         for attempt in range(self.retry.attempts):
@@ -769,10 +798,11 @@ class Client:
                     self.operating.note(method, data.get("time"))
                 return data
             except TokenExpired as exc:
-                if renewed:
+                # Twice: a pair taken over from another process may have expired too, and is renewed then.
+                if renewals >= 2:
                     raise AuthError(f"the portal refused the freshly renewed token ({exc})") from None
                 self.auth.renew(credential)
-                renewed = True
+                renewals += 1
                 continue
             except TransientError as exc:
                 last = exc

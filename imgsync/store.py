@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -960,3 +961,56 @@ def run_lock(db_path: Path) -> Iterator[Path]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+#: How long a renewal waits for another process's renewal (a token request retries for well under this).
+TOKEN_LOCK_TIMEOUT_S = 300.0
+
+
+@contextmanager
+def token_lock(db_path: Path, timeout: float = TOKEN_LOCK_TIMEOUT_S) -> Iterator[Path]:
+    """Hold ``<db>.tokens.lock`` while an OAuth pair is renewed (blocking, up to ``timeout`` seconds).
+
+    Every imgsync process on the database renews under it (a sync, ``check``, a dry run): apart from the run
+    lock, which only a sync holds, so that none of them spends a refresh token another has just replaced.
+    """
+    lock_path = db_path.with_name(db_path.name + ".tokens.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"{lock_path}: cannot create the token lock file ({exc.strerror})") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StateError(
+                        f"{lock_path}: another imgsync process has been renewing the OAuth tokens for "
+                        f"{timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        yield lock_path
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def stored_tokens(db_path: Path, key: str) -> dict[str, Any] | None:
+    """The OAuth pair the database holds now, read through a connection of its own: another process may have
+    renewed it a moment ago (a dry run's own copy of the database would not show it). None when there is none."""
+    if not db_path.exists():
+        return None
+    con: sqlite3.Connection | None = None
+    try:
+        con = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        con.row_factory = sqlite3.Row
+        row = con.execute("select * from oauth_tokens where key = ?", [key]).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        if con is not None:
+            con.close()
+    return dict(row) if row else None
