@@ -918,6 +918,7 @@ class Client:
         """
         out: dict[int, Listing | ImageError] = {}
         collected: dict[int, list[PortalImage]] = {pid: [] for pid in dict.fromkeys(product_ids)}
+        problems: dict[int, str] = {}
         start: dict[int, int] = dict.fromkeys(collected, 0)
         for _page in range(MAX_LIST_PAGES):
             if not start:
@@ -937,15 +938,27 @@ class Client:
                 if not isinstance(items, list):
                     out[pid] = ImageError("catalog.productImage.list: unexpected answer")
                     continue
-                collected[pid] += [
-                    PortalImage.from_api(item, ImageRef(pid, 0)) for item in items if isinstance(item, dict)
-                ]
+                for item in items:
+                    if not isinstance(item, dict):
+                        continue
+                    try:
+                        collected[pid].append(PortalImage.from_api(item, ImageRef(pid, 0)))
+                    except (TypeError, ValueError):
+                        # An image the answer does not identify fails alone; the others are used.
+                        problems[pid] = (
+                            f"catalog.productImage.list answered an image with the id {_shown(item)}"
+                        )
                 if answer.next and items:
                     start[pid] = answer.next
         for pid, images in collected.items():
             if pid not in out:
                 # Still pages to read after MAX_LIST_PAGES: use what came, infer nothing from the rest.
-                out[pid] = Listing(tuple(images), complete=pid not in start)
+                # An image left out (not identified) makes the listing incomplete too: nothing is inferred.
+                out[pid] = Listing(
+                    tuple(images),
+                    complete=pid not in start and pid not in problems,
+                    problem=problems.get(pid, ""),
+                )
         return out
 
     def batch(self, commands: Mapping[str, str], *, chained: bool = False) -> dict[str, Answer]:
@@ -1139,6 +1152,8 @@ class Listing:
 
     images: tuple[PortalImage, ...]
     complete: bool = True
+    #: Why an image of the answer was left out (an id that is no number): that image fails.
+    problem: str = ""
 
 
 def _as_image_error(err: ImgsyncError) -> ImageError:
@@ -1187,7 +1202,16 @@ def _image_from_result(result: Any, ref: ImageRef) -> PortalImage:
     item = result.get("productImage") if isinstance(result, dict) else None
     if not isinstance(item, dict):
         raise ImageError("catalog.productImage.get: unexpected answer")
-    image = PortalImage.from_api(item, ref)
+    try:
+        image = PortalImage.from_api(item, ref)
+    except (TypeError, ValueError):
+        raise ImageError(f"catalog.productImage.get answered the image with the id {_shown(item)}") from None
     if (image.product_id, image.image_id) != (ref.product_id, ref.image_id):
         raise ImageError(f"the portal answered for image {image.product_id}:{image.image_id}, asked {ref}")
     return image
+
+
+def _shown(item: Mapping[str, Any]) -> str:
+    """An answer's ``productId``/``id`` pair for a message, short and without control characters."""
+    text = f"{item.get('productId')!r}:{item.get('id')!r}"
+    return redact("".join(c for c in text if c.isprintable())[:80])

@@ -416,6 +416,8 @@ class Syncer:
             for image in listing.images:
                 if image.ref not in item.skip and image.ref not in found:
                     found[image.ref] = image
+            if listing.problem:
+                extra.append(Plan(ImageRef(pid, 0), Action.FAILED, f"product {pid}: {listing.problem}"))
         extra.extend(missing_for_products(self.store, result, item.skip))
         self.progress_extend(len(found) + len(extra))
         for plan in extra:

@@ -433,3 +433,23 @@ def test_auto_workers_by_default_keep_a_far_portal_busy_without_a_503(env: Env, 
         assert summary_of(result.stdout)["downloaded"] == 80
         assert portal.stats.rejected_503 == 0
         backed_up(env, portal)
+
+
+@pytest.mark.parametrize("inputs", ["pairs", "product"])
+def test_an_image_answered_with_an_id_that_is_no_number_fails_alone(
+    env: Env, portal: Portal, inputs: str
+) -> None:
+    first, odd, third = [img for img in portal.images() if img.product_id == portal.images()[0].product_id]
+    portal.answered_ids[(odd.product_id, odd.image_id)] = "12a"
+    args = all_pairs(portal) if inputs == "pairs" else ["--product", str(first.product_id)]
+    result = invoke(env.args(portal, "--json", *args))
+    assert result.exit_code == 1, result.stderr  # one image failed; before, the whole run stopped with 70
+    summary = summary_of(result.stdout)
+    assert summary["failed"] == 1
+    assert summary["downloaded"] == (29 if inputs == "pairs" else 2)
+    assert "'12a'" in summary["failures"][0]["reason"]
+    rows = {(r["product_id"], r["image_id"]): r for r in env.rows()}
+    assert rows[(first.product_id, first.image_id)]["status"] == "ok"
+    assert rows[(third.product_id, third.image_id)]["status"] == "ok"
+    if inputs == "pairs":
+        assert rows[(odd.product_id, odd.image_id)]["status"] == "failed"

@@ -77,7 +77,8 @@ Results
 - ``get``: ``{"result": {"productImage": {createTime, detailUrl, downloadUrl, id, name, productId,
   type}}, "time": {...}}``. ``list``: ``{"result": {"productImages": [...]}, "total": N, "time": {...}}``,
   every image of the product in id order on one page (``start`` is ignored, no ``next``; the notes §12:
-  no cap at 50); ``select`` keeps only the named fields. A product whose images were all deleted still
+  no cap at 50); ``select`` keeps only the named fields. ``portal.answered_ids[(product_id, image_id)] =
+  "12a"`` makes the answers show that ``id`` for the image instead of its number. A product whose images were all deleted still
   exists (``total: 0``). With ``image_page_size=N`` (the docs leave paging open) ``list`` answers pages
   of N: ``start`` as for other lists, ``next`` when more follow, ``start=-1`` without ``total``.
 - ``time``: ``start``, ``finish``, ``duration``, ``processing``, ``date_start``, ``date_finish`` (in

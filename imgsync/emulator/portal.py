@@ -498,6 +498,9 @@ class Portal:
         self.operating_window = operating_window
         self.overload = False
         self.faults = Faults()
+        #: ``(product_id, image_id) -> value``: the ``id`` the answers show for that image instead of its
+        #: number (a portal or proxy answering ``"12a"``, say); downloads and everything else are unchanged.
+        self.answered_ids: dict[tuple[int, int], Any] = {}
         #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
         self.server_errors: list[str] = []
 
@@ -1321,7 +1324,7 @@ class Portal:
             "createTime": image.create_time,
             "detailUrl": image.detail_url,
             "downloadUrl": None,
-            "id": image.image_id,
+            "id": self.answered_ids.get((image.product_id, image.image_id), image.image_id),
             "name": image.name,
             "productId": image.product_id,
             "type": image.type,
