@@ -633,6 +633,26 @@ def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> Im
     return TransientError(f"{type(exc).__name__} talking to {host}:{port}", code="DROPPED")
 
 
+class _Downgrade(Exception):
+    """A redirect from https:// to http://, stopped before it is followed (see :func:`refuse_downgrade`)."""
+
+    def __init__(self, source: str, target: str) -> None:
+        super().__init__(source, target)
+        self.source, self.target = source, target
+
+
+def refuse_downgrade(resp: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """A ``requests`` response hook (it sees every answer of a redirect chain): an answer from https://
+    that redirects to http:// raises instead of being followed, so no link or credential goes in clear text."""
+    location = resp.headers.get("Location", "") if resp.is_redirect else ""
+    if location and urlsplit(resp.url).scheme == "https":
+        target = urljoin(resp.url, location)
+        if urlsplit(target).scheme == "http":
+            resp.close()
+            raise _Downgrade(resp.url, target)
+    return resp
+
+
 #: A connection could not be made at all (refused, or no answer to the connect).
 UNREACHABLE = "UNREACHABLE"
 #: How many answers that are not the file (a login page) one image may get, each with a fresh link.
@@ -760,6 +780,11 @@ class Client:
             resp = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise _translate(exc, url, reached=self._reached) from None
+        except _Downgrade as exc:
+            raise PortalAddressError(
+                f"a download from {redact_url(exc.source)} was redirected to {redact_url(exc.target)}: refused, "
+                "an https:// link is never followed to http:// (its credentials would travel in clear text)"
+            ) from None
         self._note_round_trip(time.monotonic() - sent)
         self._reached = True
         if resp.status_code in (503, 429):
@@ -829,6 +854,12 @@ class Client:
         resp.close()
         target = urlsplit(urljoin(url, location))
         old = urlsplit(url)
+        if old.scheme == "https" and target.scheme == "http":
+            raise PortalAddressError(
+                f"the portal answered HTTP {resp.status_code} to {redact_url(url)}, redirecting from https:// to "
+                f"{redact_url(urljoin(url, location))}: refused, the credentials would travel in clear text; "
+                "check bitrix24.webhook_url / portal_url"
+            )
         if not location or target.path != old.path or target.scheme not in ("http", "https"):
             raise PortalAddressError(
                 f"the portal answered HTTP {resp.status_code} to {redact_url(url)}, redirecting to "
@@ -1111,7 +1142,7 @@ class Client:
             "Accept-Language": "en-US,en;q=0.9",
             "Referer": self.auth.portal_root,
         }
-        resp = self._send("GET", url, headers=headers, stream=True)
+        resp = self._send("GET", url, headers=headers, stream=True, hooks={"response": refuse_downgrade})
         try:
             status = resp.status_code
             code = _error_code(resp) if status != 200 else ""

@@ -290,6 +290,64 @@ def test_a_refused_connection_is_retried_briefly_then_names_host_and_port() -> N
     assert len(session.sent) == 3
 
 
+def test_a_redirect_from_https_to_http_is_refused_before_anything_goes_in_clear_text() -> None:
+    secure = HOOK.replace("http://", "https://")
+    moved = "http://portal.test/rest/1/abc123secret/server.time"
+    answer = response(302, b"", "text/html", url=secure + "server.time")
+    answer.headers["Location"] = moved
+    session = FakeSession([answer])
+    c = Client(WebhookAuth(secure), session=session, retry=RetryPolicy(attempts=4), sleep=lambda s: None)
+    with pytest.raises(PortalAddressError, match="from https:// to") as caught:
+        c.call("server.time")
+    assert len(session.sent) == 1  # never sent to the http:// address
+    assert "abc123secret" not in caught.value.message
+
+
+class Redirecting(requests.adapters.BaseAdapter):
+    """A transport that answers every request with ``status`` and ``Location: location``; it keeps the URLs."""
+
+    def __init__(self, location: str, status: int = 302) -> None:
+        super().__init__()
+        self.location, self.status, self.urls = location, status, []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        self.urls.append(request.url)
+        resp = requests.Response()
+        resp.status_code, resp.url, resp.request = self.status, str(request.url), request
+        resp.headers["Location"] = self.location
+        resp.raw = io.BytesIO(b"")
+        return resp
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_download_link_redirected_from_https_to_http_is_not_followed() -> None:
+    secure = HOOK.replace("http://", "https://")
+    c = Client(WebhookAuth(secure), retry=RetryPolicy(attempts=2), sleep=lambda s: None)
+    https = Redirecting("http://cdn.test/file.jpg?token=abc")
+    plain = Redirecting("http://cdn.test/never")
+    c.session.mount("https://", https)
+    c.session.mount("http://", plain)
+    with (
+        pytest.raises(PortalAddressError, match="never followed to http://"),
+        c.open_download("https://portal.test/rest/download.json?token=abc"),
+    ):
+        pass
+    assert (
+        len(https.urls) == 1 and plain.urls == []
+    )  # requests' own redirect loop stopped at the first answer
+    # A redirect that stays on https:// is followed as before (this fake redirects until requests gives up).
+    looping = Redirecting("https://cdn.test/file.jpg")
+    c.session.mount("https://", looping)
+    with (
+        pytest.raises(TransientError, match="TooManyRedirects"),
+        c.open_download("https://portal.test/rest/download.json?token=abc"),
+    ):
+        pass
+    assert len(looping.urls) > 1
+
+
 def test_auto_concurrency_follows_the_round_trip_and_the_rate() -> None:
     c = Client(WebhookAuth(HOOK), rate_limit=25.0, burst=250, session=FakeSession([]), sleep=lambda s: None)
     assert c.concurrency() == 4  # nothing measured yet
