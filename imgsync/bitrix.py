@@ -1147,7 +1147,9 @@ class Client:
             status = resp.status_code
             code = _error_code(resp) if status != 200 else ""
             if status in (401, 403, 404, 410):
-                if code.lower() == "expired_token":
+                # Only a link that carries an access token (OAuth) can have it renewed; a webhook's link that
+                # is said to have expired is refused like any other: a fresh link is fetched.
+                if code.lower() == "expired_token" and parse_qs(urlsplit(url).query).get("auth"):
                     # The link lives as long as the access token inside it: renew that token first.
                     raise TokenExpired(f"download link refused: its access token expired (HTTP {status})")
                 raise LinkRefused(f"download link refused (HTTP {status}{' ' + code if code else ''})")

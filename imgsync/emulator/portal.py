@@ -86,6 +86,7 @@ _JSON_DOWNLOAD_ERROR = {
 _QUERY_LIMIT = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
 _OVERLOAD = {"error": "OVERLOAD_LIMIT", "error_description": "REST API is blocked due to overload"}
 _INTERNAL = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}
+_EXPIRED = {"error": "expired_token", "error_description": "The access token provided has expired."}
 
 
 @dataclass
@@ -120,6 +121,8 @@ class Faults:
     html_downloads: int = 0
     rate_json_download: float = 0.0
     chunked_downloads: bool = False
+    #: The next N downloads answer 401 ``expired_token`` whatever their credential (a webhook's link too).
+    expired_downloads: int = 0
     _rng: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -890,6 +893,9 @@ class Portal:
             if faults.roll(faults.rate_cut_json):
                 mangle = "cut_json"
         if kind == "download" and not mangle:
+            if self._next_expired(faults):
+                self._inject("expired_token")
+                return json_reply(401, _EXPIRED, delay), ""
             if self._next_html(faults) or faults.roll(faults.rate_html_download):
                 self._inject("html")
                 return Reply(200, LOGIN_PAGE, _HTML_UTF8, delay=delay), ""
@@ -901,6 +907,13 @@ class Portal:
         elif counted and not self._take():
             return json_reply(503, _QUERY_LIMIT, delay), ""
         return None, mangle
+
+    def _next_expired(self, faults: Faults) -> bool:
+        with self._lock:
+            if faults.expired_downloads > 0:
+                faults.expired_downloads -= 1
+                return True
+        return False
 
     def _next_html(self, faults: Faults) -> bool:
         with self._lock:
