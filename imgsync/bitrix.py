@@ -1139,6 +1139,9 @@ class Client:
         headers = {
             "User-Agent": USER_AGENT,
             "Accept": "*/*",
+            # The file as stored: a proxy that compresses it (SVG, say) would send a Content-Length of the
+            # compressed bytes, and every such image would fail its size check as truncated.
+            "Accept-Encoding": "identity",
             "Accept-Language": "en-US,en;q=0.9",
             "Referer": self.auth.portal_root,
         }

@@ -214,3 +214,18 @@ def test_a_webhook_download_answered_expired_token_fetches_a_fresh_link(env: Env
         assert portal.stats.injected["expired_token"] == 2
         assert portal.stats.by_method["catalog.productImage.get"] == 2  # one fresh link each
         assert_every_byte_right(env, portal)
+
+
+def test_downloads_ask_for_the_file_as_stored_so_a_compressing_proxy_leaves_it_alone(
+    env: Env, shop: Portal
+) -> None:
+    with shop as portal:
+        portal.faults = Faults(gzip_downloads=True)  # compresses whatever a request accepts compressed
+        pairs = all_pairs(portal)[:3]
+        result = invoke(env.args(portal, "--json", *pairs))
+        assert result.exit_code == 0, result.stderr  # before: every image failed as "truncated"
+        assert summary_of(result.stdout)["downloaded"] == 3
+        assert portal.stats.injected["gzip"] == 0  # no download asked for a compressed body
+        rows = {(r["product_id"], r["image_id"]): r for r in env.rows()}
+        for img in portal.images()[:3]:
+            assert file_sha256(env.dest / rows[(img.product_id, img.image_id)]["local_path"]) == img.sha256

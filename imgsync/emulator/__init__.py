@@ -236,7 +236,9 @@ client and a real portal; the docs describe none of them, so their shapes are th
   ... <form name="form_auth" ...>``); ``rate_json_download`` answers 200 ``application/json``
   ``{"error": "ERROR_UNEXPECTED_ANSWER", "error_description": ...}``; ``chunked_downloads=True`` sends
   every file with ``Transfer-Encoding: chunked`` and no Content-Length (the body is exact);
-  ``expired_downloads=N``: the next N downloads answer 401 ``expired_token``, a webhook's links too.
+  ``expired_downloads=N``: the next N downloads answer 401 ``expired_token``, a webhook's links too;
+  ``gzip_downloads=True``: a download whose ``Accept-Encoding`` names gzip comes gzip-compressed, with the
+  compressed body's Content-Length (a compressing proxy).
 - ``rate_stall`` (REST and/or downloads): the real answer's headers (full Content-Length) and half its
   body, then nothing for ``stall_seconds`` (default 30), then the rest; only a client read timeout
   gets past it. ``portal.stop()`` ends every stall at once and drops its connection.
