@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -453,3 +455,16 @@ def test_an_image_answered_with_an_id_that_is_no_number_fails_alone(
     assert rows[(third.product_id, third.image_id)]["status"] == "ok"
     if inputs == "pairs":
         assert rows[(odd.product_id, odd.image_id)]["status"] == "failed"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_backup_files_follow_the_umask(env: Env, portal: Portal, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        result = invoke(env.args(portal, *all_pairs(portal)[:3]))
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.stderr
+    files = [p for p in env.dest.rglob("*") if p.is_file()]
+    assert len(files) == 3
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}  # before: 0o600 from mkstemp
