@@ -372,8 +372,24 @@ class Store:
                 [(_REPLACING, ref.product_id, ref.image_id) for ref in refs],
             )
 
-    def save(self, run_id: int | None, outcomes: Iterable[Outcome]) -> None:
-        """Record what a run did, image rows and their events, in one transaction (one commit for many)."""
+    def save(self, run_id: int | None, outcomes: Iterable[Outcome], *, durable: bool = False) -> None:
+        """Record what a run did, image rows and their events, in one transaction (one commit for many).
+
+        ``durable=True`` when the caller deletes files once it returns (files the rows no longer name): in WAL
+        mode with ``synchronous=NORMAL`` a commit may be lost on power loss, and rows naming deleted files
+        would survive it. That commit is made with ``synchronous=FULL`` (the WAL is synced before it returns).
+        """
+        with self._lock:
+            if not durable:
+                self._save(run_id, outcomes)
+                return
+            self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._save(run_id, outcomes)
+            finally:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _save(self, run_id: int | None, outcomes: Iterable[Outcome]) -> None:
         now = utcnow()
         events: list[tuple[Any, ...]] = []
         with self._writing() as conn:

@@ -732,7 +732,8 @@ class Syncer:
             return
         if force or len(self._pending) >= 500 or time.monotonic() - self._last_flush > 0.5:
             outcomes, self._pending = self._pending, []
-            self.store.save(self.summary.run_id, outcomes)
+            # Durable before files are removed: a commit lost to a power cut must not leave rows naming them.
+            self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
             self._last_flush = time.monotonic()
             for outcome in outcomes:  # superseded files go only now that no committed row names them
                 for relative in outcome.remove_after:

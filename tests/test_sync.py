@@ -468,3 +468,38 @@ def test_backup_files_follow_the_umask(env: Env, portal: Portal, umask: int) -> 
     files = [p for p in env.dest.rglob("*") if p.is_file()]
     assert len(files) == 3
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}  # before: 0o600 from mkstemp
+
+
+def test_a_superseded_file_is_removed_only_after_a_durable_commit(
+    env: Env, portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WAL with synchronous=NORMAL may lose the last commits on power loss: rows naming a file removed after
+    such a commit would survive it. What can be seen without a power cut: the statements SQLite ran, in order,
+    and the removal after them."""
+    img = portal.images()[0]
+    assert invoke(env.args(portal, f"{img.product_id}:{img.image_id}")).exit_code == 0
+    old_file = env.dest / env.rows()[0]["local_path"]
+    portal.replace_image(img.product_id, img.image_id, b"new bytes of the image", name="renamed.jpg")
+
+    log: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        con = connect(*args, **kwargs)  # type: ignore[arg-type]
+        con.set_trace_callback(lambda sql: log.append(sql.strip().upper()))
+        return con
+
+    def unlink(path: Path) -> None:
+        log.append(f"unlink {path.name}")
+        path.unlink()
+
+    monkeypatch.setattr("imgsync.store.sqlite3.connect", traced)
+    monkeypatch.setattr("imgsync.sync._unlink_quietly", unlink)
+    result = invoke(env.args(portal, f"{img.product_id}:{img.image_id}"))
+    assert result.exit_code == 0, result.stderr
+    assert not old_file.exists() and (env.dest / env.rows()[0]["local_path"]).name.endswith("renamed.jpg")
+    removed = log.index(f"unlink {old_file.name}")
+    commit = max(i for i, sql in enumerate(log[:removed]) if sql == "COMMIT")
+    full = max(i for i, sql in enumerate(log[:commit]) if sql.startswith("PRAGMA SYNCHRONOUS"))
+    assert log[full] == "PRAGMA SYNCHRONOUS=FULL"  # the commit before the removal syncs the WAL
+    assert "INSERT INTO IMAGES" in " ".join(log[full:commit])  # it is the commit of the new row
