@@ -736,10 +736,14 @@ class Syncer:
             self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
             self._last_flush = time.monotonic()
             for outcome in outcomes:  # superseded files go only now that no committed row names them
+                current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
                 for relative in outcome.remove_after:
                     path = inside_dest(self.opts.dest, relative)
                     if path is None:
                         log.warning("not removing %r: it is outside the destination folder", relative)
+                    elif current is not None and _same_file(path, current):
+                        # A case-only rename on a case-insensitive file system: the old name *is* the new file.
+                        log.debug("not removing %s: it is the new file under another spelling", relative)
                     else:
                         _unlink_quietly(path)
 
@@ -794,6 +798,13 @@ def inside_dest(dest: Path, relative: Any) -> Path | None:
         return resolve_inside(dest, relative)
     except DownloadFailed:
         return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _unlink_quietly(path: Path) -> None:
