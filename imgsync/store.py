@@ -667,7 +667,8 @@ class Store:
 
         A row the database already has is replaced only when it records no backup, a failure, or an older
         version than the object (its ``last_changed_at`` before the object's LastModified): of two objects of
-        one image (renamed on the portal) the newer wins, and a merge keeps what the database knew last.
+        one image (renamed on the portal) the newer wins, and a merge keeps what the database knew last. A
+        ``missing`` row stays ``missing`` (with its error): only the portal can say an image is back.
         """
         if not backups:
             return 0
@@ -699,8 +700,11 @@ class Store:
             "product_id, image_id, name, type, create_time, detail_url, sha256, size, content_type, local_path, "
             "s3_key, s3_etag, s3_sha256, status, error, first_synced_at, last_checked_at, last_changed_at"
         )
+        # A row the portal said is gone stays ``missing``: the object is its backup, not a sign it came back.
         updates = ", ".join(
-            f"{c} = excluded.{c}"
+            f"{c} = case when images.status = 'missing' then images.{c} else excluded.{c} end"
+            if c in ("status", "error")
+            else f"{c} = excluded.{c}"
             for c in cols.replace(" ", "").split(",")
             if c not in ("product_id", "image_id", "first_synced_at")
         )
