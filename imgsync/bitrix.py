@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
@@ -168,9 +168,10 @@ class OperatingBudget:
     The portal sums each method's execution time over ten one-minute baskets (``window``) and refuses
     (429 ``OPERATION_TIME_LIMIT``) a call when the sum already exceeds its limit (limits.md; 480 s in the
     docs' example, the real cloud value is not published). Every answer reports the sum for its method
-    (``time.operating``, or ``result_time[key].operating`` per batch command). We keep per method the last
-    reported sum, the rise each answer showed (an event ``(t, seconds)``) and the largest recent rise per
-    command (``cost``). Before sending ``n`` commands of a method, :meth:`reserve` sleeps until
+    (``time.operating``, or ``result_time[key].operating`` per batch command). The first answer is a
+    baseline (its sum is mostly others' use: another integration, the last cron run). We keep per method
+    the highest recent reported sum, the rise each later answer showed (an event ``(t, seconds)``) and the
+    largest recent rise per command (``cost``). Before sending ``n`` commands of a method, :meth:`reserve` sleeps until
     ``sum + n * cost`` fits under ``threshold * limit``.
 
     What drops out of the portal's sum meanwhile is modelled from our own events. A basket starts with a
@@ -210,15 +211,25 @@ class OperatingBudget:
             return
         now = self._clock()
         with self._lock:
+            reported = self._reported.get(method)
+            if reported is None:
+                # The first answer's sum holds what others used in the window (another integration, the
+                # last cron run) as well as this call: a baseline to measure from, not this run's cost.
+                self._reported[method] = (float(used), now)
+                return
             before = self._estimate(method, now)
             costs = self._costs.setdefault(method, [])
-            # A sum lower than expected: baskets dropped out meanwhile; the call still cost about as usual.
+            # A sum lower than expected: baskets dropped out meanwhile, or (parallel requests) an older
+            # report read after a newer one; the call still cost about as usual.
             rise = float(used) - before if used >= before else (max(costs) if costs else 0.0)
             rise = max(0.0, rise)
             costs.append(rise)
             del costs[:-20]
             self._events.setdefault(method, []).append((now, rise))
-            self._reported[method] = (float(used), now)
+            # Keep the highest recent report: answers arrive out of order, and a lower sum read within a
+            # basket's time of a higher one is more likely older than a sign that baskets dropped out.
+            if used >= before or now - reported[1] >= self.window / 10:
+                self._reported[method] = (float(used), now)
             self.spent[method] = self.spent.get(method, 0.0) + rise
 
     def cost(self, method: str) -> float | None:
@@ -378,6 +389,12 @@ class OAuth:
     rotated refresh token is saved even if the run dies right after; the pair is kept in memory first, so
     a failing callback never loses it. ``sleep`` waits between retries of the token endpoint: pass a
     stop-aware one (the client's) so that Ctrl-C ends a renewal too.
+
+    One pair per database: other processes (``check``, a dry run, a sync) renew the same pair, and the
+    portal retires a refresh token once it is used. So a renewal runs inside ``renew_lock()`` (a lock
+    every process on the database shares) and starts with ``load_stored()``, the pair stored now: when
+    it is not the one this client last saw stored (``stored``, what it started from or wrote), another
+    process renewed meanwhile, and that newer pair is adopted instead of spending a retired token.
     """
 
     def __init__(
@@ -393,6 +410,9 @@ class OAuth:
         session: requests.Session | None = None,
         timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        load_stored: Callable[[], tuple[str, str] | None] | None = None,
+        renew_lock: Callable[[], AbstractContextManager[Any]] | None = None,
+        stored: tuple[str, str] | None = None,
     ) -> None:
         root = portal_url.rstrip("/")
         if root.endswith("/rest"):
@@ -408,6 +428,10 @@ class OAuth:
         self.timeout = timeout
         self.sleep = sleep
         self.renewals = 0
+        self.adopted = 0  # pairs another process renewed and this one took over
+        self.load_stored = load_stored
+        self.renew_lock = renew_lock or nullcontext
+        self._stored = stored
         self._lock = threading.Lock()
         for secret in (client_secret, access_token, refresh_token):
             register_secret(secret)
@@ -434,29 +458,45 @@ class OAuth:
         with self._lock:
             if self.access_token and self.access_token != used:
                 return
-            if not self.refresh_token:
-                raise AuthError("the access token expired and no refresh token is configured")
-            query = {
-                "grant_type": "refresh_token",
-                "client_id": self.client_id,
-                "client_secret": self.client_secret,
-                "refresh_token": self.refresh_token,
-            }
-            data = self._token_request(query)
-            access, refresh = data.get("access_token"), data.get("refresh_token")
-            if not access or not refresh:
-                raise AuthError("the OAuth server's answer has no access_token/refresh_token")
-            register_secret(access)
-            register_secret(refresh)
-            # In memory first: the old refresh token may be spent now, so this pair must never be lost.
-            self.access_token, self.refresh_token = access, refresh
-            self.renewals += 1
-            log.info("renewed the OAuth access token")
-            if self.on_renew is not None:
-                try:
-                    self.on_renew(access, refresh)
-                except ImgsyncError as exc:
-                    log.error("the renewed OAuth tokens could not be saved: %s", exc.message)
+            with self.renew_lock():
+                self._renew()
+
+    def _renew(self) -> None:
+        """Adopt the stored pair if another process renewed it, else renew it. Both locks held."""
+        stored = self.load_stored() if self.load_stored is not None else None
+        if stored is not None and stored != self._stored and stored[0] != self.access_token:
+            self._stored = stored
+            self.access_token, self.refresh_token = stored
+            register_secret(stored[0])
+            register_secret(stored[1])
+            self.adopted += 1
+            log.info("took over the OAuth tokens another imgsync process renewed")
+            return
+        if not self.refresh_token:
+            raise AuthError("the access token expired and no refresh token is configured")
+        query = {
+            "grant_type": "refresh_token",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "refresh_token": self.refresh_token,
+        }
+        data = self._token_request(query)
+        access, refresh = data.get("access_token"), data.get("refresh_token")
+        if not access or not refresh:
+            raise AuthError("the OAuth server's answer has no access_token/refresh_token")
+        register_secret(access)
+        register_secret(refresh)
+        # In memory first: the old refresh token may be spent now, so this pair must never be lost.
+        self.access_token, self.refresh_token = access, refresh
+        self.renewals += 1
+        log.info("renewed the OAuth access token")
+        if self.on_renew is not None:
+            try:
+                self.on_renew(access, refresh)
+            except ImgsyncError as exc:
+                log.error("the renewed OAuth tokens could not be saved: %s", exc.message)
+            else:
+                self._stored = (access, refresh)
 
     def _token_request(self, query: dict[str, str]) -> dict[str, Any]:
         rng = random.Random()
@@ -568,7 +608,8 @@ def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> Im
     A TLS failure and a host name that does not resolve will not get better by retrying: they stop the
     run at once, naming the host (``reached`` says the portal has answered before in this run: then a
     failure of this kind is a passing network fault, retried like the others). A refused connection is
-    :data:`UNREACHABLE`: retried briefly by the caller.
+    :data:`UNREACHABLE` (retried briefly by the caller) until the portal has answered, and a dropped
+    connection (the full backoff) after.
     """
     parts = urlsplit(url)
     host = parts.hostname or "?"
@@ -584,13 +625,36 @@ def _translate(exc: requests.RequestException, url: str, *, reached: bool) -> Im
         return PortalAddressError(
             f"the portal's host name {host!r} does not resolve: check bitrix24.webhook_url / portal_url"
         )
+    # Once the portal has answered, a refused connection is a proxy or the portal restarting: a passing fault
+    # that gets the whole backoff ladder, like a dropped connection. Before that it is a wrong address.
+    unreachable = "DROPPED" if reached else UNREACHABLE
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return TransientError(f"no connection to {host}:{port} within the timeout", code=UNREACHABLE)
+        return TransientError(f"no connection to {host}:{port} within the timeout", code=unreachable)
     if isinstance(exc, requests.exceptions.Timeout) or any(isinstance(c, ReadTimeoutError) for c in causes):
         return TransientError(f"{host}:{port} stopped answering (read timeout)", code="TIMEOUT")
     if any(isinstance(c, NewConnectionError | ConnectionRefusedError) for c in causes):
-        return TransientError(f"connection to {host}:{port} refused", code=UNREACHABLE)
+        return TransientError(f"connection to {host}:{port} refused", code=unreachable)
     return TransientError(f"{type(exc).__name__} talking to {host}:{port}", code="DROPPED")
+
+
+class _Downgrade(Exception):
+    """A redirect from https:// to http://, stopped before it is followed (see :func:`refuse_downgrade`)."""
+
+    def __init__(self, source: str, target: str) -> None:
+        super().__init__(source, target)
+        self.source, self.target = source, target
+
+
+def refuse_downgrade(resp: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """A ``requests`` response hook (it sees every answer of a redirect chain): an answer from https://
+    that redirects to http:// raises instead of being followed, so no link or credential goes in clear text."""
+    location = resp.headers.get("Location", "") if resp.is_redirect else ""
+    if location and urlsplit(resp.url).scheme == "https":
+        target = urljoin(resp.url, location)
+        if urlsplit(target).scheme == "http":
+            resp.close()
+            raise _Downgrade(resp.url, target)
+    return resp
 
 
 #: A connection could not be made at all (refused, or no answer to the connect).
@@ -720,6 +784,11 @@ class Client:
             resp = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise _translate(exc, url, reached=self._reached) from None
+        except _Downgrade as exc:
+            raise PortalAddressError(
+                f"a download from {redact_url(exc.source)} was redirected to {redact_url(exc.target)}: refused, "
+                "an https:// link is never followed to http:// (its credentials would travel in clear text)"
+            ) from None
         self._note_round_trip(time.monotonic() - sent)
         self._reached = True
         if resp.status_code in (503, 429):
@@ -741,7 +810,7 @@ class Client:
         connection never made). Any other failure (a dropped connection, a timeout, a 5xx, a body that is
         not JSON) raises :class:`SendUnknown`: the portal may have run it, and the caller looks first.
         """
-        renewed = False
+        renewals = 0
         unreachable = 0
         last: ImgsyncError | None = None
         for attempt in range(self.retry.attempts):
@@ -768,10 +837,11 @@ class Client:
                     self.operating.note(method, data.get("time"))
                 return data
             except TokenExpired as exc:
-                if renewed:
+                # Twice: a pair taken over from another process may have expired too, and is renewed then.
+                if renewals >= 2:
                     raise AuthError(f"the portal refused the freshly renewed token ({exc})") from None
                 self.auth.renew(credential)
-                renewed = True
+                renewals += 1
                 continue
             except TransientError as exc:
                 if once and exc.code.upper() not in _NOT_RUN:
@@ -802,6 +872,12 @@ class Client:
         resp.close()
         target = urlsplit(urljoin(url, location))
         old = urlsplit(url)
+        if old.scheme == "https" and target.scheme == "http":
+            raise PortalAddressError(
+                f"the portal answered HTTP {resp.status_code} to {redact_url(url)}, redirecting from https:// to "
+                f"{redact_url(urljoin(url, location))}: refused, the credentials would travel in clear text; "
+                "check bitrix24.webhook_url / portal_url"
+            )
         if not location or target.path != old.path or target.scheme not in ("http", "https"):
             raise PortalAddressError(
                 f"the portal answered HTTP {resp.status_code} to {redact_url(url)}, redirecting to "
@@ -891,6 +967,7 @@ class Client:
         """
         out: dict[int, Listing | ImageError] = {}
         collected: dict[int, list[PortalImage]] = {pid: [] for pid in dict.fromkeys(product_ids)}
+        problems: dict[int, str] = {}
         start: dict[int, int] = dict.fromkeys(collected, 0)
         stalled: set[int] = set()  # a next that brought the same page again: the rest is unknown
         for _page in range(MAX_LIST_PAGES):
@@ -912,15 +989,20 @@ class Client:
                     out[pid] = ImageError("catalog.productImage.list: unexpected answer")
                     continue
                 known = {image.image_id for image in collected[pid]}
-                fresh = [
-                    image
-                    for image in (
-                        PortalImage.from_api(item, ImageRef(pid, 0))
-                        for item in items
-                        if isinstance(item, dict)
-                    )
-                    if image.image_id not in known
-                ]
+                fresh: list[PortalImage] = []
+                for item in items:
+                    if not isinstance(item, dict):
+                        continue
+                    try:
+                        image = PortalImage.from_api(item, ImageRef(pid, 0))
+                    except (TypeError, ValueError):
+                        # An image the answer does not identify fails alone; the others are used.
+                        problems[pid] = (
+                            f"catalog.productImage.list answered an image with the id {_shown(item)}"
+                        )
+                        continue
+                    if image.image_id not in known:
+                        fresh.append(image)
                 collected[pid] += fresh
                 if answer.next and items:
                     if not fresh or answer.next <= asked[pid]:
@@ -938,7 +1020,12 @@ class Client:
         for pid, images in collected.items():
             if pid not in out:
                 # Still pages to read after MAX_LIST_PAGES: use what came, infer nothing from the rest.
-                out[pid] = Listing(tuple(images), complete=pid not in start and pid not in stalled)
+                # An image left out (not identified) makes the listing incomplete too: nothing is inferred.
+                out[pid] = Listing(
+                    tuple(images),
+                    complete=pid not in start and pid not in stalled and pid not in problems,
+                    problem=problems.get(pid, ""),
+                )
         return out
 
     def batch(self, commands: Mapping[str, str], *, chained: bool = False) -> dict[str, Answer]:
@@ -1136,15 +1223,20 @@ class Client:
         headers = {
             "User-Agent": USER_AGENT,
             "Accept": "*/*",
+            # The file as stored: a proxy that compresses it (SVG, say) would send a Content-Length of the
+            # compressed bytes, and every such image would fail its size check as truncated.
+            "Accept-Encoding": "identity",
             "Accept-Language": "en-US,en;q=0.9",
             "Referer": self.auth.portal_root,
         }
-        resp = self._send("GET", url, headers=headers, stream=True)
+        resp = self._send("GET", url, headers=headers, stream=True, hooks={"response": refuse_downgrade})
         try:
             status = resp.status_code
             code = _error_code(resp) if status != 200 else ""
             if status in (401, 403, 404, 410):
-                if code.lower() == "expired_token":
+                # Only a link that carries an access token (OAuth) can have it renewed; a webhook's link that
+                # is said to have expired is refused like any other: a fresh link is fetched.
+                if code.lower() == "expired_token" and parse_qs(urlsplit(url).query).get("auth"):
                     # The link lives as long as the access token inside it: renew that token first.
                     raise TokenExpired(f"download link refused: its access token expired (HTTP {status})")
                 raise LinkRefused(f"download link refused (HTTP {status}{' ' + code if code else ''})")
@@ -1180,6 +1272,8 @@ class Listing:
 
     images: tuple[PortalImage, ...]
     complete: bool = True
+    #: Why an image of the answer was left out (an id that is no number): that image fails.
+    problem: str = ""
 
 
 #: Failures that prove a request was not run: the bucket's 503, the time limit's 429, no connection made.
@@ -1275,7 +1369,16 @@ def _image_from_result(result: Any, ref: ImageRef) -> PortalImage:
     item = result.get("productImage") if isinstance(result, dict) else None
     if not isinstance(item, dict):
         raise ImageError("catalog.productImage.get: unexpected answer")
-    image = PortalImage.from_api(item, ref)
+    try:
+        image = PortalImage.from_api(item, ref)
+    except (TypeError, ValueError):
+        raise ImageError(f"catalog.productImage.get answered the image with the id {_shown(item)}") from None
     if (image.product_id, image.image_id) != (ref.product_id, ref.image_id):
         raise ImageError(f"the portal answered for image {image.product_id}:{image.image_id}, asked {ref}")
     return image
+
+
+def _shown(item: Mapping[str, Any]) -> str:
+    """An answer's ``productId``/``id`` pair for a message, short and without control characters."""
+    text = f"{item.get('productId')!r}:{item.get('id')!r}"
+    return redact("".join(c for c in text if c.isprintable())[:80])

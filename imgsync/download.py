@@ -148,6 +148,9 @@ def save_stream(
             if size == 0:
                 raise TransientError("download was empty", code="EMPTY")
             out.flush()
+            os.fchmod(
+                out.fileno(), new_file_mode()
+            )  # mkstemp made it 0600: the umask decides, as for any file
             os.fsync(out.fileno())
         os.replace(tmp, target)
     except OSError as exc:
@@ -158,6 +161,25 @@ def save_stream(
         raise
     fsync_dir(folder)
     return size, digest.hexdigest()
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask.
+
+    Linux shows the umask in /proc (one small read per file); elsewhere it is set and put back, which is
+    not thread-safe (a file created meanwhile by another thread would get the 0o077 mask: stricter, never
+    looser).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def fsync_dir(folder: Path) -> None:

@@ -29,7 +29,7 @@ from .config import Settings, validate_for_sync
 from .errors import ConfigError
 from .inputs import PairSet, ProductSet, collect_inputs, collect_products
 from .models import Action, ImageRef
-from .store import Store, run_lock
+from .store import Store, run_lock, stored_tokens, token_lock
 from .sync import (
     AUTO_MAX_WORKERS,
     Plan,
@@ -91,6 +91,8 @@ def make_auth(settings: Settings, store: Store | None) -> Auth:
 
     Renewed tokens are saved however the run goes, a dry run included: the portal may have retired the
     refresh token they replace, and losing the new pair would mean authorizing the application again.
+    Renewals happen under ``<db>.tokens.lock`` and start from the pair stored now (another process, a
+    ``check`` beside a running sync, may have renewed it), so no process spends a retired refresh token.
     A read-only store (a dry run) saves them through a connection of their own, opened in the renewing
     thread.
     """
@@ -101,11 +103,20 @@ def make_auth(settings: Settings, store: Store | None) -> Auth:
     access, refresh = settings.access_token or "", settings.refresh_token or ""
     seed = _seed(settings.refresh_token)
     key = token_key(settings)
+    stored: tuple[str, str] | None = None
     if store is not None:
         saved = store.load_tokens(key)
         # Tokens renewed by an earlier run win, unless the config now holds a different pair.
         if saved and saved.get("seed") == seed:
             access, refresh = saved["access_token"], saved["refresh_token"]
+            stored = (access, refresh)
+
+    def load_stored() -> tuple[str, str] | None:
+        # Read afresh under the token lock: another process may have renewed the pair a moment ago.
+        saved = stored_tokens(store.path, key) if store is not None else None
+        if saved and saved.get("seed") == seed:
+            return str(saved["access_token"]), str(saved["refresh_token"])
+        return None
 
     def on_renew(new_access: str, new_refresh: str) -> None:
         if store is None:
@@ -125,6 +136,9 @@ def make_auth(settings: Settings, store: Store | None) -> Auth:
         token_url=settings.token_url,
         on_renew=on_renew,
         timeout=settings.timeout,
+        load_stored=load_stored,
+        renew_lock=(lambda: token_lock(store.path)) if store is not None else None,
+        stored=stored,
     )
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -415,8 +416,24 @@ class Store:
                 [(_REPLACING, ref.product_id, ref.image_id) for ref in refs],
             )
 
-    def save(self, run_id: int | None, outcomes: Iterable[Outcome]) -> None:
-        """Record what a run did, image rows and their events, in one transaction (one commit for many)."""
+    def save(self, run_id: int | None, outcomes: Iterable[Outcome], *, durable: bool = False) -> None:
+        """Record what a run did, image rows and their events, in one transaction (one commit for many).
+
+        ``durable=True`` when the caller deletes files once it returns (files the rows no longer name): in WAL
+        mode with ``synchronous=NORMAL`` a commit may be lost on power loss, and rows naming deleted files
+        would survive it. That commit is made with ``synchronous=FULL`` (the WAL is synced before it returns).
+        """
+        with self._lock:
+            if not durable:
+                self._save(run_id, outcomes)
+                return
+            self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._save(run_id, outcomes)
+            finally:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _save(self, run_id: int | None, outcomes: Iterable[Outcome]) -> None:
         now = utcnow()
         events: list[tuple[Any, ...]] = []
         with self._writing() as conn:
@@ -696,7 +713,8 @@ class Store:
 
         A row the database already has is replaced only when it records no backup, a failure, or an older
         version than the object (its ``last_changed_at`` before the object's LastModified): of two objects of
-        one image (renamed on the portal) the newer wins, and a merge keeps what the database knew last.
+        one image (renamed on the portal) the newer wins, and a merge keeps what the database knew last. A
+        ``missing`` row stays ``missing`` (with its error): only the portal can say an image is back.
         """
         if not backups:
             return 0
@@ -728,8 +746,11 @@ class Store:
             "product_id, image_id, name, type, create_time, detail_url, sha256, size, content_type, local_path, "
             "s3_key, s3_etag, s3_sha256, status, error, first_synced_at, last_checked_at, last_changed_at"
         )
+        # A row the portal said is gone stays ``missing``: the object is its backup, not a sign it came back.
         updates = ", ".join(
-            f"{c} = excluded.{c}"
+            f"{c} = case when images.status = 'missing' then images.{c} else excluded.{c} end"
+            if c in ("status", "error")
+            else f"{c} = excluded.{c}"
             for c in cols.replace(" ", "").split(",")
             if c not in ("product_id", "image_id", "first_synced_at")
         )
@@ -1156,3 +1177,56 @@ def run_lock(db_path: Path) -> Iterator[Path]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+#: How long a renewal waits for another process's renewal (a token request retries for well under this).
+TOKEN_LOCK_TIMEOUT_S = 300.0
+
+
+@contextmanager
+def token_lock(db_path: Path, timeout: float = TOKEN_LOCK_TIMEOUT_S) -> Iterator[Path]:
+    """Hold ``<db>.tokens.lock`` while an OAuth pair is renewed (blocking, up to ``timeout`` seconds).
+
+    Every imgsync process on the database renews under it (a sync, ``check``, a dry run): apart from the run
+    lock, which only a sync holds, so that none of them spends a refresh token another has just replaced.
+    """
+    lock_path = db_path.with_name(db_path.name + ".tokens.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"{lock_path}: cannot create the token lock file ({exc.strerror})") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StateError(
+                        f"{lock_path}: another imgsync process has been renewing the OAuth tokens for "
+                        f"{timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        yield lock_path
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def stored_tokens(db_path: Path, key: str) -> dict[str, Any] | None:
+    """The OAuth pair the database holds now, read through a connection of its own: another process may have
+    renewed it a moment ago (a dry run's own copy of the database would not show it). None when there is none."""
+    if not db_path.exists():
+        return None
+    con: sqlite3.Connection | None = None
+    try:
+        con = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        con.row_factory = sqlite3.Row
+        row = con.execute("select * from oauth_tokens where key = ?", [key]).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        if con is not None:
+            con.close()
+    return dict(row) if row else None

@@ -452,6 +452,8 @@ class Syncer:
             for image in listing.images:
                 if image.ref not in item.skip and image.ref not in found:
                     found[image.ref] = image
+            if listing.problem:
+                extra.append(Plan(ImageRef(pid, 0), Action.FAILED, f"product {pid}: {listing.problem}"))
         extra.extend(missing_for_products(self.store, result, item.skip))
         self.progress_extend(len(found) + len(extra))
         for plan in extra:
@@ -837,13 +839,18 @@ class Syncer:
             return
         if force or len(self._pending) >= 500 or time.monotonic() - self._last_flush > 0.5:
             outcomes, self._pending = self._pending, []
-            self.store.save(self.summary.run_id, outcomes)
+            # Durable before files are removed: a commit lost to a power cut must not leave rows naming them.
+            self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
             self._last_flush = time.monotonic()
             for outcome in outcomes:  # superseded files go only now that no committed row names them
+                current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
                 for relative in outcome.remove_after:
                     path = inside_dest(self.opts.dest, relative)
                     if path is None:
                         log.warning("not removing %r: it is outside the destination folder", relative)
+                    elif current is not None and _same_file(path, current):
+                        # A case-only rename on a case-insensitive file system: the old name *is* the new file.
+                        log.debug("not removing %s: it is the new file under another spelling", relative)
                     else:
                         _unlink_quietly(path)
 
@@ -898,6 +905,13 @@ def inside_dest(dest: Path, relative: Any) -> Path | None:
         return resolve_inside(dest, relative)
     except DownloadFailed:
         return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -12,7 +12,15 @@ import pytest
 import requests
 from urllib3.exceptions import NameResolutionError
 
-from imgsync.bitrix import Client, LeakyBucket, RetryPolicy, WebhookAuth, classify, not_the_file
+from imgsync.bitrix import (
+    Client,
+    LeakyBucket,
+    OperatingBudget,
+    RetryPolicy,
+    WebhookAuth,
+    classify,
+    not_the_file,
+)
 from imgsync.errors import (
     AuthError,
     ImageDenied,
@@ -99,6 +107,23 @@ def test_bucket_fill_after_a_503_slows_everyone() -> None:
     bucket = LeakyBucket(2.0, 50, clock=clock, sleep=clock.sleep)
     bucket.fill()
     assert bucket.acquire() == pytest.approx(0.5)
+
+
+def test_operating_budget_takes_the_first_answer_as_a_baseline_and_keeps_the_highest_recent_report() -> None:
+    clock = FakeClock()
+    clock.now = 1_000_000.0
+    budget = OperatingBudget(480.0, clock=clock)  # room up to 0.9 * 480 = 432 s
+    budget.note("m", {"operating": 200.0})  # mostly others' use: not this run's cost
+    assert budget.cost("m") is None and budget.spent.get("m", 0.0) == 0.0
+    clock.now += 1
+    budget.note("m", {"operating": 210.0})  # this call cost 10 s
+    assert budget.cost("m") == 10.0
+    budget.note("m", {"operating": 205.0})  # an older answer read late (parallel requests)
+    # 18 commands of 10 s (x 1.25 headroom) fit on top of 205 s, not on top of the 210 s reported first.
+    assert budget.delay({"m": 18}) > 0
+    clock.now += 61  # a basket's time later, a lower sum means baskets dropped out: it replaces the report
+    budget.note("m", {"operating": 100.0})
+    assert budget.delay({"m": 18}) == 0
 
 
 # -- the client through a fake session: one function's behaviour, no server -------------------------------
@@ -263,6 +288,64 @@ def test_a_refused_connection_is_retried_briefly_then_names_host_and_port() -> N
     with pytest.raises(PortalUnavailable, match=r"cannot be reached at portal.test:80"):
         client(session, attempts=8).call("server.time")
     assert len(session.sent) == 3
+
+
+def test_a_redirect_from_https_to_http_is_refused_before_anything_goes_in_clear_text() -> None:
+    secure = HOOK.replace("http://", "https://")
+    moved = "http://portal.test/rest/1/abc123secret/server.time"
+    answer = response(302, b"", "text/html", url=secure + "server.time")
+    answer.headers["Location"] = moved
+    session = FakeSession([answer])
+    c = Client(WebhookAuth(secure), session=session, retry=RetryPolicy(attempts=4), sleep=lambda s: None)
+    with pytest.raises(PortalAddressError, match="from https:// to") as caught:
+        c.call("server.time")
+    assert len(session.sent) == 1  # never sent to the http:// address
+    assert "abc123secret" not in caught.value.message
+
+
+class Redirecting(requests.adapters.BaseAdapter):
+    """A transport that answers every request with ``status`` and ``Location: location``; it keeps the URLs."""
+
+    def __init__(self, location: str, status: int = 302) -> None:
+        super().__init__()
+        self.location, self.status, self.urls = location, status, []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        self.urls.append(request.url)
+        resp = requests.Response()
+        resp.status_code, resp.url, resp.request = self.status, str(request.url), request
+        resp.headers["Location"] = self.location
+        resp.raw = io.BytesIO(b"")
+        return resp
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_download_link_redirected_from_https_to_http_is_not_followed() -> None:
+    secure = HOOK.replace("http://", "https://")
+    c = Client(WebhookAuth(secure), retry=RetryPolicy(attempts=2), sleep=lambda s: None)
+    https = Redirecting("http://cdn.test/file.jpg?token=abc")
+    plain = Redirecting("http://cdn.test/never")
+    c.session.mount("https://", https)
+    c.session.mount("http://", plain)
+    with (
+        pytest.raises(PortalAddressError, match="never followed to http://"),
+        c.open_download("https://portal.test/rest/download.json?token=abc"),
+    ):
+        pass
+    assert (
+        len(https.urls) == 1 and plain.urls == []
+    )  # requests' own redirect loop stopped at the first answer
+    # A redirect that stays on https:// is followed as before (this fake redirects until requests gives up).
+    looping = Redirecting("https://cdn.test/file.jpg")
+    c.session.mount("https://", looping)
+    with (
+        pytest.raises(TransientError, match="TooManyRedirects"),
+        c.open_download("https://portal.test/rest/download.json?token=abc"),
+    ):
+        pass
+    assert len(looping.urls) > 1
 
 
 def test_auto_concurrency_follows_the_round_trip_and_the_rate() -> None:

@@ -526,3 +526,27 @@ def test_memory_stays_flat_whatever_the_bucket_holds() -> None:
     # Holding 50,000 listed objects (or their rows) would take tens of MiB; flat means a few, as for 5,000.
     small, large = _rss_growth_kib(5_000), _rss_growth_kib(50_000)
     assert large < small + 8 * 1024, (small, large)
+
+
+def test_merge_never_turns_a_missing_row_back_into_ok(
+    env: Env, portal: Portal, s3: LocalS3Server, bucket: str
+) -> None:
+    pairs = all_pairs(portal)
+    assert invoke(env.args(portal, "--s3", *s3_args(s3, bucket, *pairs))).exit_code == 0
+    gone = portal.images()[0]
+    portal.delete_image(gone.product_id, gone.image_id)
+    assert invoke(env.args(portal, "--s3", *s3_args(s3, bucket, *pairs))).exit_code == 0
+    con = sqlite3.connect(env.db)
+    # The object is newer than the row's last change (a metadata copy renews an object's LastModified and
+    # leaves the content, hence last_changed_at, as it was): the case where a merge replaces a row.
+    con.execute(
+        "update images set last_changed_at = '2000-01-01T00:00:00Z' where product_id = ? and image_id = ?",
+        (gone.product_id, gone.image_id),
+    )
+    con.commit()
+    con.close()
+    code, _summary = rebuild(env, s3, bucket, "--merge")
+    assert code == 0
+    rows = {(r["product_id"], r["image_id"]): r for r in env.rows()}
+    assert rows[(gone.product_id, gone.image_id)]["status"] == "missing"  # before: "ok" again
+    assert sum(r["status"] == "ok" for r in rows.values()) == 23

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -433,3 +435,71 @@ def test_auto_workers_by_default_keep_a_far_portal_busy_without_a_503(env: Env, 
         assert summary_of(result.stdout)["downloaded"] == 80
         assert portal.stats.rejected_503 == 0
         backed_up(env, portal)
+
+
+@pytest.mark.parametrize("inputs", ["pairs", "product"])
+def test_an_image_answered_with_an_id_that_is_no_number_fails_alone(
+    env: Env, portal: Portal, inputs: str
+) -> None:
+    first, odd, third = [img for img in portal.images() if img.product_id == portal.images()[0].product_id]
+    portal.answered_ids[(odd.product_id, odd.image_id)] = "12a"
+    args = all_pairs(portal) if inputs == "pairs" else ["--product", str(first.product_id)]
+    result = invoke(env.args(portal, "--json", *args))
+    assert result.exit_code == 1, result.stderr  # one image failed; before, the whole run stopped with 70
+    summary = summary_of(result.stdout)
+    assert summary["failed"] == 1
+    assert summary["downloaded"] == (29 if inputs == "pairs" else 2)
+    assert "'12a'" in summary["failures"][0]["reason"]
+    rows = {(r["product_id"], r["image_id"]): r for r in env.rows()}
+    assert rows[(first.product_id, first.image_id)]["status"] == "ok"
+    assert rows[(third.product_id, third.image_id)]["status"] == "ok"
+    if inputs == "pairs":
+        assert rows[(odd.product_id, odd.image_id)]["status"] == "failed"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_backup_files_follow_the_umask(env: Env, portal: Portal, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        result = invoke(env.args(portal, *all_pairs(portal)[:3]))
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.stderr
+    files = [p for p in env.dest.rglob("*") if p.is_file()]
+    assert len(files) == 3
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}  # before: 0o600 from mkstemp
+
+
+def test_a_superseded_file_is_removed_only_after_a_durable_commit(
+    env: Env, portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WAL with synchronous=NORMAL may lose the last commits on power loss: rows naming a file removed after
+    such a commit would survive it. What can be seen without a power cut: the statements SQLite ran, in order,
+    and the removal after them."""
+    img = portal.images()[0]
+    assert invoke(env.args(portal, f"{img.product_id}:{img.image_id}")).exit_code == 0
+    old_file = env.dest / env.rows()[0]["local_path"]
+    portal.replace_image(img.product_id, img.image_id, b"new bytes of the image", name="renamed.jpg")
+
+    log: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        con = connect(*args, **kwargs)  # type: ignore[arg-type]
+        con.set_trace_callback(lambda sql: log.append(sql.strip().upper()))
+        return con
+
+    def unlink(path: Path) -> None:
+        log.append(f"unlink {path.name}")
+        path.unlink()
+
+    monkeypatch.setattr("imgsync.store.sqlite3.connect", traced)
+    monkeypatch.setattr("imgsync.sync._unlink_quietly", unlink)
+    result = invoke(env.args(portal, f"{img.product_id}:{img.image_id}"))
+    assert result.exit_code == 0, result.stderr
+    assert not old_file.exists() and (env.dest / env.rows()[0]["local_path"]).name.endswith("renamed.jpg")
+    removed = log.index(f"unlink {old_file.name}")
+    commit = max(i for i, sql in enumerate(log[:removed]) if sql == "COMMIT")
+    full = max(i for i, sql in enumerate(log[:commit]) if sql.startswith("PRAGMA SYNCHRONOUS"))
+    assert log[full] == "PRAGMA SYNCHRONOUS=FULL"  # the commit before the removal syncs the WAL
+    assert "INSERT INTO IMAGES" in " ".join(log[full:commit])  # it is the commit of the new row

@@ -8,6 +8,7 @@ is recorded ``ok``; whatever may pass is retried; what cannot pass stops the run
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -150,6 +151,39 @@ def test_a_refused_connection_is_retried_briefly_then_exit_4_naming_host_and_por
     assert "secretcode42" not in result.stderr
 
 
+def test_a_portal_that_restarts_mid_run_is_waited_for_not_given_up_on(env: Env) -> None:
+    # Once the portal has answered, refused connections are a proxy or the portal restarting: the run waits
+    # with the full backoff (retries up to about 30 s), instead of exit 4 after three quick tries.
+    catalog = make_catalog(products=30, images_per_product=3, min_size=500, max_size=3000, seed=22)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        portal.faults = Faults(slow_download=0.2)  # downloads are in flight when it goes away
+        outage: list[float] = []
+
+        def restart() -> None:
+            deadline = time.monotonic() + 60
+            while portal.stats.downloads_served < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            portal.stop()  # refuses every connection on its port from now on
+            outage.append(time.monotonic())
+            time.sleep(2.0)
+            portal.start()  # the same port
+            outage.append(time.monotonic())
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        try:
+            result = invoke(["-v", *env.args(portal, "--json", *all_pairs(portal))])
+        finally:
+            restarter.join()
+        assert len(outage) == 2  # the portal really was away for 2 s during the run
+        assert result.exit_code == 0, result.stderr
+        summary = summary_of(result.stdout)
+        assert (summary["downloaded"], summary["failed"]) == (90, 0)
+        assert "refused" in result.stderr  # -v names the retries and their cause
+        assert "cannot be reached" not in result.stderr
+        assert_every_byte_right(env, portal)
+
+
 def test_a_renamed_portal_is_followed_with_a_warning_and_credentials_go_nowhere_else(
     env: Env, shop: Portal
 ) -> None:
@@ -168,3 +202,30 @@ def test_a_renamed_portal_is_followed_with_a_warning_and_credentials_go_nowhere_
         assert portal.stats.by_method["batch"] == 1
         assert portal.stats.downloads_served == 24
         assert_every_byte_right(env, portal)
+
+
+def test_a_webhook_download_answered_expired_token_fetches_a_fresh_link(env: Env, shop: Portal) -> None:
+    # A webhook has no token to renew: "expired_token" on its link is a refused link, not refused credentials.
+    with shop as portal:
+        portal.faults = Faults(expired_downloads=2)
+        result = invoke(env.args(portal, "--json", *all_pairs(portal)))
+        assert result.exit_code == 0, result.stderr  # before: exit 3, "check the webhook's expiry date"
+        assert summary_of(result.stdout)["downloaded"] == 24
+        assert portal.stats.injected["expired_token"] == 2
+        assert portal.stats.by_method["catalog.productImage.get"] == 2  # one fresh link each
+        assert_every_byte_right(env, portal)
+
+
+def test_downloads_ask_for_the_file_as_stored_so_a_compressing_proxy_leaves_it_alone(
+    env: Env, shop: Portal
+) -> None:
+    with shop as portal:
+        portal.faults = Faults(gzip_downloads=True)  # compresses whatever a request accepts compressed
+        pairs = all_pairs(portal)[:3]
+        result = invoke(env.args(portal, "--json", *pairs))
+        assert result.exit_code == 0, result.stderr  # before: every image failed as "truncated"
+        assert summary_of(result.stdout)["downloaded"] == 3
+        assert portal.stats.injected["gzip"] == 0  # no download asked for a compressed body
+        rows = {(r["product_id"], r["image_id"]): r for r in env.rows()}
+        for img in portal.images()[:3]:
+            assert file_sha256(env.dest / rows[(img.product_id, img.image_id)]["local_path"]) == img.sha256

@@ -79,7 +79,8 @@ Results
 - ``get``: ``{"result": {"productImage": {createTime, detailUrl, downloadUrl, id, name, productId,
   type}}, "time": {...}}``. ``list``: ``{"result": {"productImages": [...]}, "total": N, "time": {...}}``,
   every image of the product in id order on one page (``start`` is ignored, no ``next``; the notes §12:
-  no cap at 50); ``select`` keeps only the named fields. A product whose images were all deleted still
+  no cap at 50); ``select`` keeps only the named fields. ``portal.answered_ids[(product_id, image_id)] =
+  "12a"`` makes the answers show that ``id`` for the image instead of its number. A product whose images were all deleted still
   exists (``total: 0``). With ``image_page_size=N`` (the docs leave paging open) ``list`` answers pages
   of N: ``start`` as for other lists, ``next`` when more follow, ``start=-1`` without ``total``. Two
   other readings (notes §13.5, see below): ``image_list_cap`` and ``image_list_ignore_start``.
@@ -241,7 +242,10 @@ client and a real portal; the docs describe none of them, so their shapes are th
   answers 200 ``text/html; charset=UTF-8`` with a Bitrix24-style login page (``<!DOCTYPE html><html>
   ... <form name="form_auth" ...>``); ``rate_json_download`` answers 200 ``application/json``
   ``{"error": "ERROR_UNEXPECTED_ANSWER", "error_description": ...}``; ``chunked_downloads=True`` sends
-  every file with ``Transfer-Encoding: chunked`` and no Content-Length (the body is exact).
+  every file with ``Transfer-Encoding: chunked`` and no Content-Length (the body is exact);
+  ``expired_downloads=N``: the next N downloads answer 401 ``expired_token``, a webhook's links too;
+  ``gzip_downloads=True``: a download whose ``Accept-Encoding`` names gzip comes gzip-compressed, with the
+  compressed body's Content-Length (a compressing proxy).
 - ``rate_stall`` (REST and/or downloads): the real answer's headers (full Content-Length) and half its
   body, then nothing for ``stall_seconds`` (default 30), then the rest; only a client read timeout
   gets past it. ``portal.stop()`` ends every stall at once and drops its connection.

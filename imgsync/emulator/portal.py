@@ -7,6 +7,7 @@ The behaviour, and every choice made where the docs are silent, is described in 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import hmac
 import itertools
@@ -86,6 +87,7 @@ _JSON_DOWNLOAD_ERROR = {
 _QUERY_LIMIT = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
 _OVERLOAD = {"error": "OVERLOAD_LIMIT", "error_description": "REST API is blocked due to overload"}
 _INTERNAL = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}
+_EXPIRED = {"error": "expired_token", "error_description": "The access token provided has expired."}
 
 
 @dataclass
@@ -132,6 +134,11 @@ class Faults:
     add_drop_answer: int = 0
     rate_add_drop_answer: float = 0.0
     slow_add: float = 0.0
+    #: The next N downloads answer 401 ``expired_token`` whatever their credential (a webhook's link too).
+    expired_downloads: int = 0
+    #: Downloads whose request accepts gzip are sent gzip-compressed (``Content-Encoding: gzip``, the
+    #: compressed body's Content-Length), as a compressing proxy in front of the portal does.
+    gzip_downloads: bool = False
     _rng: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -540,6 +547,9 @@ class Portal:
         self.hidden_catalogs: set[int] = set()
         #: Catalog (iblock) ids whose items no item listing shows (``catalog.product.list`` answers ``[]``).
         self.empty_catalogs: set[int] = set()
+        #: ``(product_id, image_id) -> value``: the ``id`` the answers show for that image instead of its
+        #: number (a portal or proxy answering ``"12a"``, say); downloads and everything else are unchanged.
+        self.answered_ids: dict[tuple[int, int], Any] = {}
         #: Tracebacks of unexpected exceptions in the emulator itself (answered 500); tests assert it is empty.
         self.server_errors: list[str] = []
 
@@ -935,6 +945,9 @@ class Portal:
             if faults.roll(faults.rate_cut_json):
                 mangle = "cut_json"
         if kind == "download" and not mangle:
+            if self._next_expired(faults):
+                self._inject("expired_token")
+                return json_reply(401, _EXPIRED, delay), ""
             if self._next_html(faults) or faults.roll(faults.rate_html_download):
                 self._inject("html")
                 return Reply(200, LOGIN_PAGE, _HTML_UTF8, delay=delay), ""
@@ -946,6 +959,13 @@ class Portal:
         elif counted and not self._take():
             return json_reply(503, _QUERY_LIMIT, delay), ""
         return None, mangle
+
+    def _next_expired(self, faults: Faults) -> bool:
+        with self._lock:
+            if faults.expired_downloads > 0:
+                faults.expired_downloads -= 1
+                return True
+        return False
 
     def _next_html(self, faults: Faults) -> bool:
         with self._lock:
@@ -1375,7 +1395,7 @@ class Portal:
             "createTime": image.create_time,
             "detailUrl": image.detail_url,
             "downloadUrl": None,
-            "id": image.image_id,
+            "id": self.answered_ids.get((image.product_id, image.image_id), image.image_id),
             "name": image.name,
             "productId": image.product_id,
             "type": image.type,
@@ -1462,9 +1482,14 @@ class Portal:
             self._inject("slow")
         if chunked:
             self._inject("chunked")
+        body: bytes | memoryview = image.content
+        if faults.gzip_downloads and "gzip" in request.headers.get("Accept-Encoding", "").lower():
+            self._inject("gzip")
+            body = gzip.compress(bytes(body), mtime=0)
+            headers.append(("Content-Encoding", "gzip"))
         return Reply(
             200,
-            image.content,
+            body,
             image.content_type,
             headers,
             delay=delay,

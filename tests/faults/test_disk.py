@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from imgsync.emulator import CatalogImage, Portal
 
-from .conftest import FaultEnv, assert_complete, assert_sound, catalog, pairs_of, temp_files
+from .conftest import FaultEnv, assert_complete, assert_sound, catalog, pairs_of, sha256_of, temp_files
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
@@ -139,3 +140,72 @@ def test_file_size_limit_fails_the_images_over_it_alone(
         assert row["status"] == "failed" and "File too large" in row["error"]
     assert all(rows[(img.product_id, img.image_id)]["status"] == "ok" for img in small)
     assert temp_files(fenv.dest) == []
+
+
+def _fat12_image(path: Path, size: int = 4 * 1024 * 1024) -> None:
+    """An empty FAT12 file system (what ``mkfs.vfat`` would make, without needing dosfstools)."""
+    sectors, per_cluster, reserved, fats, root_entries, per_fat = size // 512, 4, 1, 2, 512, 8
+    boot = bytearray(512)
+    boot[0:11] = b"\xeb\x3c\x90MSWIN4.1"
+    struct.pack_into(
+        "<HBHBHHBHHHII",
+        boot,
+        11,
+        512,
+        per_cluster,
+        reserved,
+        fats,
+        root_entries,
+        sectors,
+        0xF8,
+        per_fat,
+        32,
+        64,
+        0,
+        0,
+    )
+    struct.pack_into("<BBBI11s8s", boot, 36, 0x80, 0, 0x29, 0x1D5C, b"NO NAME    ", b"FAT12   ")
+    boot[510:512] = b"\x55\xaa"
+    image = bytearray(size)
+    image[0:512] = boot
+    for n in range(fats):
+        start = (reserved + n * per_fat) * 512
+        image[start : start + 3] = b"\xf8\xff\xff"
+    path.write_bytes(bytes(image))
+
+
+@pytest.fixture
+def vfat(tmp_path: Path) -> Iterator[Path]:
+    """A case-insensitive file system: a vfat loop mount (root only; skipped where it cannot be mounted)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop file system needs root")
+    image, point = tmp_path / "fat.img", tmp_path / "fat"
+    _fat12_image(image)
+    point.mkdir()
+    done = _mount("-o", "loop", "-t", "vfat", str(image), str(point))
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a vfat file system here: {done.stderr.strip()}")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_case_only_rename_keeps_the_new_file_on_a_case_insensitive_disk(
+    fenv: FaultEnv, make_portal: Callable[..., Portal], vfat: Path
+) -> None:
+    images = catalog(products=1, per=2, seed=84)
+    portal = make_portal(images)
+    first = images[0]
+    portal.replace_image(first.product_id, first.image_id, first.content, name="photo.jpg")
+    fenv.dest = vfat / "images"
+    assert fenv.sync(portal, *pairs_of(portal)).returncode == 0
+    # The same bytes under a name that differs only in case: "a new name", so the old file is superseded. On
+    # vfat the old and the new name are one file, which must not be removed as the "old" one.
+    renamed = portal.replace_image(first.product_id, first.image_id, first.content, name="PHOTO.jpg")
+    run = fenv.sync(portal, *pairs_of(portal))
+    assert run.returncode == 0, run
+    rows = {(r["product_id"], r["image_id"]): r for r in fenv.rows()}
+    row = rows[(first.product_id, first.image_id)]
+    assert row["local_path"].endswith("-PHOTO.jpg")
+    assert (fenv.dest / row["local_path"]).is_file()  # before: unlinked as the superseded "photo.jpg"
+    assert sha256_of(fenv.dest / row["local_path"]) == renamed.sha256
+    assert_complete(fenv, portal.images())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from imgsync.emulator import Faults, Portal
+import requests
+
+from imgsync.emulator import PRODUCT_IBLOCK_ID, Faults, Portal, make_store_catalog
 
 from .conftest import FaultEnv, assert_complete, assert_sound, catalog, pairs_of, wait_for
 
@@ -56,6 +58,34 @@ def test_operation_time_limit_on_a_single_call_waits_for_the_reset(
     stats = portal.stats
     assert stats.injected["operation_limit"] >= 1
     assert_complete(fenv, images)
+
+
+def test_a_budget_others_have_used_is_a_baseline_not_this_runs_cost(
+    fenv: FaultEnv, make_portal: Callable[..., Portal]
+) -> None:
+    """Another integration (or last night's run) has used 200 s of catalog.product.list's 480 s in this
+    window. The run's first answer reports that sum; it is not what the run's own commands cost, so
+    ``sync --all`` neither waits the window out (10 minutes) nor lists one page per request."""
+    items, images = make_store_catalog(600, images_per_item=0)
+    listing = "catalog.product.list"
+    portal = make_portal(images, items=items, operating_limit=480.0, method_cost={listing: 200.0})
+    answer = requests.post(
+        portal.webhook_url + listing,
+        json={"select": ["id", "iblockId"], "filter": {"iblockId": PRODUCT_IBLOCK_ID}},
+        timeout=10,
+    ).json()
+    assert answer["time"]["operating"] >= 200.0  # the premise: the budget is 40 % spent before the run
+    portal.method_cost = {listing: 0.01}
+    portal.reset_stats()
+    run = fenv.sync(portal, "--all", timeout=120)
+    assert run.returncode == 0, run
+    assert run.seconds < 60, run  # generous for a loaded machine; the old client waited about 600 s
+    assert "operating-time budget" not in run.stderr  # never paced
+    stats = portal.stats
+    # The two catalogs' first pages, then the product catalog's other pages in one chain; the old client,
+    # believing a page cost 200 s, asked one page per batch.
+    assert stats.by_method["batch"] == 2, stats.as_dict()
+    assert stats.rejected_429 == 0
 
 
 def test_overload_limit_exits_4_at_once(fenv: FaultEnv, make_portal: Callable[..., Portal]) -> None:

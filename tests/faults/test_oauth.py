@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from imgsync.emulator import Faults, Portal
 
-from .conftest import FaultEnv, Sweep, assert_complete, catalog, pairs_of
+from .conftest import FaultEnv, Sweep, assert_complete, catalog, pairs_of, wait_for
 
 
 def oauth_config(fenv: FaultEnv, portal: Portal, access: str, refresh: str) -> None:
@@ -65,3 +65,39 @@ def test_refused_refresh_token_exits_3_and_says_what_to_do(
     assert portal.stats.downloads_served == 0
     assert not fenv.dest.exists() or list(fenv.dest.rglob("*")) == []
     assert [r["exit_code"] for r in fenv.rows("runs")] == [3]
+
+
+def test_a_check_beside_a_running_sync_renews_once_and_the_sync_takes_the_new_pair_over(
+    fenv: FaultEnv, make_portal: Callable[..., Portal]
+) -> None:
+    """One token pair per database: ``check`` renews the pair while a sync runs on the same database (the
+    portal retires the refresh token both started with). The sync, meeting the expired token next, takes
+    over the pair ``check`` stored instead of spending the retired refresh token (exit 3, "authorize again")."""
+    images = catalog(products=2, per=2, seed=33)
+    portal = make_portal(images)
+    portal.faults = Faults(slow_download=3.0)  # one download at a time, 3 s each: check runs inside one
+    access, refresh = portal.issue_tokens()
+    fenv.write_config(
+        workers=1,
+        portal_url=portal.url + "/",
+        client_id=portal.client_id,
+        client_secret=portal.client_secret,
+        access_token=access,
+        refresh_token=refresh,
+        token_url=portal.token_url,
+    )
+    sync = fenv.spawn(None, *pairs_of(portal))
+    wait_for(lambda: portal.stats.injected["slow"] >= 1, what="the sync's first download")
+    portal.expire_access_tokens()  # the sync's token, mid-download
+    check = fenv.run("check", "--dest", str(fenv.dest), "--db", str(fenv.db))
+    assert check.returncode == 0, check
+    assert portal.stats.by_method["oauth.token"] == 1  # the premise: check renewed (and retired `refresh`)
+    run = fenv.reap(sync)
+    assert run.returncode == 0, run
+    assert (run.summary["downloaded"], run.summary["failed"]) == (4, 0)
+    assert portal.stats.by_method["oauth.token"] == 1  # the sync renewed nothing: it took check's pair over
+    assert_complete(fenv, images)
+    con = sqlite3.connect(fenv.db)
+    stored = con.execute("select refresh_token from oauth_tokens").fetchall()
+    con.close()
+    assert len(stored) == 1 and stored[0][0] != refresh  # the pair check renewed, still good for the next run
