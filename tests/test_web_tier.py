@@ -207,12 +207,13 @@ def test_a_renamed_portal_is_followed_with_a_warning_and_credentials_go_nowhere_
 def test_a_webhook_download_answered_expired_token_fetches_a_fresh_link(env: Env, shop: Portal) -> None:
     # A webhook has no token to renew: "expired_token" on its link is a refused link, not refused credentials.
     with shop as portal:
-        portal.faults = Faults(expired_downloads=2)
+        # One: two in a row could both meet the same image (its fresh link refused again fails it, rightly).
+        portal.faults = Faults(expired_downloads=1)
         result = invoke(env.args(portal, "--json", *all_pairs(portal)))
         assert result.exit_code == 0, result.stderr  # before: exit 3, "check the webhook's expiry date"
         assert summary_of(result.stdout)["downloaded"] == 24
-        assert portal.stats.injected["expired_token"] == 2
-        assert portal.stats.by_method["catalog.productImage.get"] == 2  # one fresh link each
+        assert portal.stats.injected["expired_token"] == 1
+        assert portal.stats.by_method["catalog.productImage.get"] == 1  # one fresh link
         assert_every_byte_right(env, portal)
 
 
