@@ -480,3 +480,49 @@ def test_json_has_the_contracts_keys(renv: Env, gallery_portal: Portal) -> None:
         "failures",
         "restored_images",
     ]
+
+
+# --- from S3 ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_server(aws: None) -> Iterator[Any]:
+    from imgsync.emulator.s3 import LocalS3Server
+
+    server = LocalS3Server().start()
+    yield server
+    server.stop()
+
+
+def test_a_restore_from_s3_with_keep_local_false(
+    renv: Env, gallery_portal: Portal, s3_server: Any, isolated: Path
+) -> None:
+    """No local files at all: the backups are read from S3 (checked against their sha256), and the restored
+    images' new objects land in S3 too."""
+    portal, server = gallery_portal, s3_server
+    server.create_bucket("restore-bucket")
+    (isolated / "imgsync.toml").write_text(
+        RESTORE_CONFIG + f'[storage]\nkeep_local = false\n[s3]\nenabled = true\nbucket = "restore-bucket"\n'
+        f'endpoint_url = "{server.endpoint_url}"\n'
+    )
+    content = synced(renv, portal)
+    assert not [p for p in renv.dest.rglob("*") if p.is_file()]  # nothing kept locally
+    gone = more_photos(portal)[:2]
+    lose(renv, portal, *gone)
+    # One object damaged in place: it must not be sent.
+    client = server.client()
+    damaged_key = rows_by_ref(renv)[gone[1]]["s3_key"]
+    client.put_object(Bucket="restore-bucket", Key=damaged_key, Body=b"not the picture")
+    portal.reset_stats()
+    result = invoke(restore_args(renv, portal, "--missing", "--json"))
+    assert result.exit_code == 1, result.stderr
+    summary = summary_of(result.stdout)
+    assert (summary["restored"], summary["failed"]) == (1, 1)
+    assert "holds other bytes" in summary["failures"][0]["reason"]
+    assert portal.stats.adds == 1
+    new = summary["restored_images"][0]
+    row = rows_by_ref(renv)[(new["target_product_id"], new["new_image_id"])]
+    assert row["status"] == "ok" and row["local_path"] is None and row["s3_key"]
+    body = client.get_object(Bucket="restore-bucket", Key=row["s3_key"])["Body"].read()
+    assert sha(body) == content[gone[0]]
+    assert not [p for p in renv.dest.rglob("*") if p.is_file()]
