@@ -526,3 +526,25 @@ def test_a_restore_from_s3_with_keep_local_false(
     body = client.get_object(Bucket="restore-bucket", Key=row["s3_key"])["Body"].read()
     assert sha(body) == content[gone[0]]
     assert not [p for p in renv.dest.rglob("*") if p.is_file()]
+
+
+def test_two_backups_of_one_slot_restore_the_newest_and_leave_the_other(
+    renv: Env, gallery_portal: Portal
+) -> None:
+    """A slot holds one picture: of two recorded DETAIL_PICTURE images the newest is restored into it, the other is
+    reported as a taken slot (before: both were sent, the second replaced the first, which then failed)."""
+    portal = gallery_portal
+    content = synced(renv, portal)
+    pid = portal.images()[0].product_id
+    refs = [(p, i) for p, i in content if p == pid]
+    lose(renv, portal, *refs)
+    details = sorted(ref for ref in refs if rows_by_ref(renv)[ref]["type"] == "DETAIL_PICTURE")
+    assert len(details) == 2
+    portal.reset_stats()
+    result = invoke(restore_args(renv, portal, "--product", str(pid), "--json"))
+    assert result.exit_code == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert (summary["restored"], summary["skipped"], summary["failed"]) == (3, 1, 0)
+    assert portal.stats.adds == 3
+    slot = [h for _, t, h in portal.gallery(pid) if t == "DETAIL_PICTURE"]
+    assert slot == [content[details[-1]]]

@@ -31,7 +31,7 @@ from ..errors import (
 from ..models import ImageRef, ImageUpload, PortalImage, RestoreEntry, StopRequest, StoredImage
 from ..store import OTHER_BYTES, Store
 from .backup import ObjectReader, read_backup
-from .plan import RestoreAction, RestorePlan, TargetProduct, decide_restore
+from .plan import SLOTS, RestoreAction, RestorePlan, TargetProduct, decide_restore
 from .summary import RestoreSummary
 from .target import Keeper, Uploader, look_at
 
@@ -330,20 +330,40 @@ class Restorer:
         return again
 
     def _plan_group(self, group: Group, target: TargetProduct) -> list[_Add]:
-        rows = sorted((r for r in group.rows if r.ref not in self._final), key=lambda r: r.image_id)
+        """Plan a product's images: its slots first (the newest backup of a slot wins it: one picture per
+        slot), then its gallery in the order of the original image ids."""
+        open_rows = [r for r in group.rows if r.ref not in self._final]
+        slot_rows = sorted((r for r in open_rows if r.type in SLOTS), key=lambda r: -r.image_id)
+        rows = slot_rows + sorted((r for r in open_rows if r.type not in SLOTS), key=lambda r: r.image_id)
         refused = self.store.refused_bytes([r.ref for r in rows], self.opts.source_db)
         planned: set[str] = set()
+        slots: dict[str, int] = {}
         adds: list[_Add] = []
         for row in rows:
-            kwargs = {"replace": self.opts.replace, "refused": refused.get(row.ref), "force": self.opts.force}
-            plan = decide_restore(row, target, None, planned=frozenset(planned), **kwargs)  # type: ignore[arg-type]
+
+            def decide(problem: str | None, row: StoredImage = row) -> RestorePlan:
+                return decide_restore(
+                    row,
+                    target,
+                    problem,
+                    replace=self.opts.replace,
+                    refused=refused.get(row.ref),
+                    force=self.opts.force,
+                    planned=frozenset(planned),
+                    slots_planned=slots,
+                )
+
+            plan = decide(None)
             content = None
             if plan.action == RestoreAction.RESTORE:
                 content, problem = read_backup(row, self.opts.source_dest, self.objects)
                 if content is None:
-                    plan = decide_restore(row, target, problem, planned=frozenset(planned), **kwargs)  # type: ignore[arg-type]
-            if plan.action == RestoreAction.RESTORE and row.sha256:
-                planned.add(row.sha256)
+                    plan = decide(problem)
+            if plan.action == RestoreAction.RESTORE:
+                if row.sha256:
+                    planned.add(row.sha256)
+                if row.type in SLOTS:
+                    slots[row.type] = row.image_id
             self._apply(plan, content)
             if content is not None and plan.action == RestoreAction.RESTORE and not self.opts.dry_run:
                 adds.append(_Add(row, target.product_id, content))

@@ -73,6 +73,7 @@ def decide_restore(
     refused: str | None = None,
     force: bool = False,
     planned: frozenset[str] = frozenset(),
+    slots_planned: Mapping[str, int] | None = None,
     unmatched_reason: str = "no target product",
 ) -> RestorePlan:
     """What to do with one backed-up image.
@@ -81,7 +82,8 @@ def decide_restore(
     ``backup_problem``: why the backup cannot be sent (None: it holds the recorded bytes); ``refused``: the
     error of an earlier restore whose add the portal stored with other bytes (sent again only with
     ``force``); ``planned``: sha256 of images this run already adds to the product (the same bytes are
-    never added twice).
+    never added twice); ``slots_planned``: slot -> the image this run restores into it (one slot holds one
+    picture: a second add would replace the first).
     """
 
     def plan(action: RestoreAction, reason: str) -> RestorePlan:
@@ -113,6 +115,12 @@ def decide_restore(
             RestoreAction.FAILED,
             f"cannot tell whether product {target.product_id} holds these bytes: image {iid} could not be "
             f"read ({why})",
+        )
+    if row.type in SLOTS and slots_planned and row.type in slots_planned:
+        return plan(
+            RestoreAction.SLOT_TAKEN,
+            f"image {slots_planned[row.type]} of this selection is restored into {row.type} of product "
+            f"{target.product_id} (one picture per slot)",
         )
     if row.type in SLOTS and row.type in target.slots:
         holder = target.slots[row.type]
