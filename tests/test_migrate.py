@@ -433,3 +433,29 @@ def test_sigkill_mid_migration_then_rerun_adds_each_image_once(
     assert target.stats.adds == 6
     journal = sides.rows(sides.db, "restores")
     assert not [r for r in journal if r["state"] == "sent"]
+
+
+def test_a_wal_beside_the_source_is_read_from_a_private_copy(
+    sides: Sides, source: Portal, target: Portal
+) -> None:
+    """A source whose last sync was killed before its checkpoint: what its -wal holds counts, and neither file
+    changes (immutable=1 alone would not read the -wal)."""
+    sides.sync_source(source)
+    killed = sides.root / "killed"
+    killed.mkdir()
+    con = sqlite3.connect(sides.src_db)
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    con.execute("update products set xml_id = 'SKU-B' where product_id = 104")
+    con.commit()
+    for name in ("imgsync.db", "imgsync.db-wal"):
+        (killed / name).write_bytes((sides.src_db.parent / name).read_bytes())
+    con.close()
+    assert (killed / "imgsync.db-wal").stat().st_size > 0
+    before = snapshot(killed)
+    sides.src_db = killed / "imgsync.db"
+    result, summary = sides.restore(
+        target, "--from-dest", str(sides.src_dest), "--match", "xml_id", "--product", "104", "--dry-run"
+    )
+    assert result.exit_code == 0, result.output
+    assert summary["mapping"] == [{"product_id": 104, "target_product_id": 501, "reason": "xml_id 'SKU-B'"}]
+    assert snapshot(killed) == before
