@@ -151,7 +151,20 @@ def parse_item(row: Mapping[str, Any], property_id: int | None = None) -> Listed
         type=_int(row.get("type")) or 0,
         parent_id=_parent(row.get("parentId")),
         picture_ids=tuple(sorted(set(pictures))),
+        xml_id=_text(row, "xmlId"),
+        code=_text(row, "code"),
+        name=_text(row, "name"),
     )
+
+
+def _text(row: Mapping[str, Any], key: str) -> str | None:
+    """A text field of a listed item: None when the answer lacks it, ``""`` when it is null."""
+    if key not in row:
+        return None
+    value = row[key]
+    if value is None or isinstance(value, dict | list | bool):
+        return ""
+    return str(value).strip()
 
 
 # ------------------------------------------------------------------ catalogs and properties
@@ -275,7 +288,8 @@ class _Cursor:
 
     @property
     def select(self) -> str:
-        names = ["id", "iblockId", "type", "detailPicture", "previewPicture"]
+        # xmlId, code and name: the keys a restore to another portal maps items by (no extra request).
+        names = ["id", "iblockId", "type", "detailPicture", "previewPicture", "xmlId", "code", "name"]
         if self.property_id is not None:
             names.append(f"property{self.property_id}")
         if self.catalog.variations:

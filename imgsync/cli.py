@@ -384,6 +384,13 @@ def sync(
     outcome: dict[str, Any] | None = None  # the run's JSON summary: for --json and the metrics file
     log_file_handler: logging.Handler | None = None
     ticker: Any = None
+
+    def show_match(match: Any) -> None:
+        target = match.target_product_id
+        click.echo(
+            f"{'product':<12} {match.product_id} -> {target if target is not None else 'none'}  {match.reason}"
+        )
+
     with _handle_errors():
         try:
             try:
@@ -602,6 +609,41 @@ def _echo_failures(summary: Summary) -> None:
     help="Restore into a taken DETAIL/PREVIEW slot (the picture there is backed up first).",
 )
 @click.option("--force", is_flag=True, help="Send again what the portal stored with other bytes before.")
+@click.option(
+    "--from-db",
+    "from_db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Another portal's state database (read only): restore its images to this config's portal.",
+)
+@click.option(
+    "--from-dest",
+    "from_dest",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --from-db: the folder of the source's backups.",
+)
+@click.option("--from-s3", "from_s3", is_flag=True, help="With --from-db: read the source's S3 objects.")
+@click.option(
+    "--from-s3-bucket", "from_s3_bucket", default=None, help="The source's bucket (default s3.bucket)."
+)
+@click.option(
+    "--from-s3-prefix", "from_s3_prefix", default=None, help="The source's key prefix (default: as recorded)."
+)
+@click.option(
+    "--map",
+    "map_csv",
+    default=None,
+    metavar="CSV",
+    help="With --from-db: source_product_id,target_product_id lines (- reads stdin).",
+)
+@click.option(
+    "--match",
+    "match_key",
+    type=click.Choice(["xml_id", "code"]),
+    default=None,
+    help="With --from-db: find each target product by the source item's xml_id or code.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (read calls only), change nothing.")
 @click.option("--webhook", default=None, metavar="URL", help="Incoming webhook URL of the target portal.")
 @click.option("--dest", type=click.Path(file_okay=False), default=None, help="Folder the backups are in.")
@@ -642,6 +684,13 @@ def restore(
     to_dir: str | None,
     replace: bool,
     force: bool,
+    from_db: str | None,
+    from_dest: str | None,
+    from_s3: bool,
+    from_s3_bucket: str | None,
+    from_s3_prefix: str | None,
+    map_csv: str | None,
+    match_key: str | None,
     dry_run: bool,
     webhook: str | None,
     dest: str | None,
@@ -666,6 +715,7 @@ def restore(
     """Put backed-up images back on the portal (or into a folder with --to), checked byte for byte."""
     from .restore import RestoreRequest, RestoreSummary, run_restore
     from .restore.select import Selection
+    from .restore.source import SourcePortal
 
     if not (pairs or csv_paths or products or products_files or missing):
         raise click.UsageError(
@@ -674,6 +724,30 @@ def restore(
         )
     if since is not None and not missing:
         raise click.UsageError("--since goes with --missing")
+    if from_db is None:
+        given = [
+            name
+            for name, value in (
+                ("--from-dest", from_dest),
+                ("--from-s3", from_s3 or None),
+                ("--from-s3-bucket", from_s3_bucket),
+                ("--from-s3-prefix", from_s3_prefix),
+                ("--map", map_csv),
+                ("--match", match_key),
+            )
+            if value is not None
+        ]
+        if given:
+            raise click.UsageError(f"{given[0]} goes with --from-db (a restore from another portal)")
+    else:
+        if (map_csv is None) == (match_key is None):
+            raise click.UsageError("--from-db needs one of --map CSV or --match xml_id|code")
+        if from_dest is None and not from_s3:
+            raise click.UsageError("--from-db needs the source's backups: --from-dest DIR and/or --from-s3")
+        if (from_s3_bucket is not None or from_s3_prefix is not None) and not from_s3:
+            raise click.UsageError("--from-s3-bucket and --from-s3-prefix go with --from-s3")
+        if to_dir is not None:
+            raise click.UsageError("--to does not go with --from-db")
     if more_verbose or more_quiet:
         ctx.obj["verbose"] += more_verbose
         ctx.obj["quiet"] = ctx.obj["quiet"] or more_quiet
@@ -726,6 +800,12 @@ def restore(
             + (f"  [{info['name']}]" if info["name"] else "")
         )
 
+    def show_match(match: Any) -> None:
+        target = match.target_product_id
+        click.echo(
+            f"{'product':<12} {match.product_id} -> {target if target is not None else 'none'}  {match.reason}"
+        )
+
     with _handle_errors():
         try:
             try:
@@ -767,6 +847,17 @@ def restore(
                 replace=replace,
                 force=force,
                 dry_run=dry_run,
+                source=None
+                if from_db is None
+                else SourcePortal(
+                    db=Path(from_db),
+                    dest=Path(from_dest) if from_dest else None,
+                    s3=from_s3,
+                    s3_bucket=from_s3_bucket,
+                    s3_prefix=from_s3_prefix,
+                    map_csv=map_csv,
+                    match=match_key,
+                ),
             )
 
             def total(n: int) -> None:
@@ -781,6 +872,7 @@ def restore(
                             progress=bar.advance,
                             on_total=total,
                             on_plan=show if dry_run and not as_json else None,
+                            on_match=show_match if dry_run and not as_json else None,
                             stop=stop,
                         )
                     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ __all__ = [
     "collect_inputs",
     "collect_products",
     "iter_csv",
+    "iter_map_csv",
     "iter_products_file",
     "parse_pair",
 ]
@@ -499,6 +500,69 @@ def _iter_products(stream: IO[Any], name: str) -> Iterator[tuple[int, str]]:
         yield product_id, where
     if not found:
         raise InputError(f"{name}: no product ids found")
+
+
+_SOURCE_COLUMNS = frozenset({"source_product_id", "sourceproductid", "source"})
+_TARGET_COLUMNS = frozenset({"target_product_id", "targetproductid", "target"})
+
+
+def iter_map_csv(path: str, stdin: TextIO | BinaryIO | None = None) -> Iterator[tuple[int, int, str]]:
+    """Yield ``(source product id, target product id, "map.csv:7")`` for each line of a ``restore --map``
+    file; ``"-"`` reads stdin.
+
+    A header row naming ``source_product_id,target_product_id`` (any case, any order, other columns
+    ignored), or none and the first two columns are the source and the target id; otherwise as a pairs
+    CSV (UTF-8 with or without BOM, comma or semicolon, blank lines skipped). Raises
+    :class:`~imgsync.errors.InputError` naming file and line at the first bad line, or when the file maps
+    nothing.
+    """
+    stream, name, owned = _open(path, stdin)
+    try:
+        reader, lines = _csv_reader(stream, name, "no source_product_id,target_product_id lines found")
+        columns: tuple[int, int] = (0, 1)
+        seen_first = found = False
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise InputError(f"{name}:{lines.record_start}: not valid CSV: {exc}") from None
+            where = f"{name}:{reader.line_num}"
+            lines.start_record()
+            cells = [c.strip() for c in row]
+            if not any(cells):
+                continue
+            if not seen_first:
+                seen_first = True
+                names = [c.lower() for c in cells]
+                source = next((i for i, c in enumerate(names) if c in _SOURCE_COLUMNS), None)
+                target = next((i for i, c in enumerate(names) if c in _TARGET_COLUMNS), None)
+                if source is not None and target is not None:
+                    columns = (source, target)
+                    continue
+                if source is not None or target is not None or _parse_id(cells[0]) is None:
+                    raise InputError(
+                        f"{where}: expected a header naming source_product_id,target_product_id, or a pair "
+                        f"of product ids; got '{_show(reader.dialect.delimiter.join(cells), 60)}'"
+                    )
+            if len(cells) <= max(columns):
+                raise InputError(
+                    f"{where}: expected source and target product ids, got {_columns(len(cells))}"
+                )
+            found = True
+            ids = []
+            for which, cell in zip(("source", "target"), (cells[columns[0]], cells[columns[1]]), strict=True):
+                value = _parse_id(cell)
+                if value is None:
+                    raise InputError(f"{where}: {which} product id '{_show(cell)}' is not a positive integer")
+                ids.append(value)
+            yield ids[0], ids[1], where
+        if not found:
+            raise InputError(f"{name}: no source_product_id,target_product_id lines found")
+    finally:
+        if owned:
+            stream.close()
 
 
 class ProductSet(_PrivateSet[int]):

@@ -293,6 +293,10 @@ class ListedItem:
     listing did not say); ``parent_id`` is a variation's parent product. ``picture_ids`` are the sorted ids
     of its ``detailPicture``, ``previewPicture`` and MORE_PHOTO values. Whether these equal the image ids of
     ``catalog.productImage.list`` is not documented (see ``catalog.id_mismatches``).
+
+    ``xml_id``, ``code``, ``name``: the item's external code, symbolic code and name as listed (``""`` when
+    the listing showed none, None when it was not asked): the keys that map it to an item of another portal
+    (``restore --match``). They do not take part in comparisons: an item is its id and pictures.
     """
 
     id: int
@@ -300,6 +304,21 @@ class ListedItem:
     type: int = 0
     parent_id: int | None = None
     picture_ids: tuple[int, ...] = ()
+    xml_id: str | None = field(default=None, compare=False, repr=False)
+    code: str | None = field(default=None, compare=False, repr=False)
+    name: str | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ProductKeys:
+    """The keys the ``products`` table recorded for an item: its external code (``xml_id``), symbolic code
+    and name as the last listing showed them (``""``: none; None: no listing recorded them)."""
+
+    product_id: int
+    xml_id: str | None
+    code: str | None
+    name: str | None
+    status: str = ""
 
 
 @dataclass(frozen=True)

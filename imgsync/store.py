@@ -35,6 +35,7 @@ from .models import (
     ImageState,
     ListedItem,
     Outcome,
+    ProductKeys,
     RestoreEntry,
     RunStats,
     S3Backup,
@@ -211,9 +212,13 @@ class Store:
     file is created readable by its owner only (it holds renewed OAuth tokens) and switched to WAL.
     """
 
-    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path | str, *, readonly: bool = False, immutable: bool = False) -> None:
         self.path = Path(path)
-        self.readonly = readonly
+        self.readonly = readonly or immutable
+        # immutable: SQLite's "immutable=1": no lock, no -wal or -shm beside the file, not a byte written
+        # (another portal's database, read by a migration). Only for a file no process is writing.
+        self._uri = "?mode=ro&immutable=1" if immutable else "?mode=ro"
+        readonly = self.readonly
         self._lock = threading.RLock()
         exists = self.path.exists()
         if exists:
@@ -245,13 +250,13 @@ class Store:
     def _open_readonly(self, exists: bool) -> sqlite_utils.Database:
         memory = sqlite3.connect(":memory:", check_same_thread=False)
         if exists:
-            source = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            source = sqlite3.connect(f"{self.path.resolve().as_uri()}{self._uri}", uri=True, timeout=30)
             db = sqlite_utils.Database(source)
             if not self._pending(db):
                 source.close()
                 return sqlite_utils.Database(
                     sqlite3.connect(
-                        f"{self.path.resolve().as_uri()}?mode=ro",
+                        f"{self.path.resolve().as_uri()}{self._uri}",
                         uri=True,
                         check_same_thread=False,
                         timeout=30,
@@ -819,19 +824,45 @@ class Store:
                 ",".join(str(i) for i in sorted(item.picture_ids)),
                 now,
                 now,
+                item.xml_id,
+                item.code,
+                item.name,
             )
             for item in items
         ]
+        # The keys (xml_id, code, name) are kept as listed; a listing that did not ask for them (None)
+        # leaves what an earlier one recorded.
         with self._writing() as conn:
             conn.executemany(
                 "insert into products (product_id, iblock_id, type, parent_id, picture_ids, status, "
-                "first_listed_at, last_listed_at) values (?, ?, ?, ?, ?, 'listed', ?, ?) "
+                "first_listed_at, last_listed_at, xml_id, code, name) "
+                "values (?, ?, ?, ?, ?, 'listed', ?, ?, ?, ?, ?) "
                 "on conflict(product_id) do update set iblock_id = excluded.iblock_id, type = excluded.type, "
                 "parent_id = excluded.parent_id, picture_ids = excluded.picture_ids, status = 'listed', "
-                "last_listed_at = excluded.last_listed_at, gone_at = null",
+                "last_listed_at = excluded.last_listed_at, gone_at = null, "
+                "xml_id = coalesce(excluded.xml_id, xml_id), code = coalesce(excluded.code, code), "
+                "name = coalesce(excluded.name, name)",
                 rows,
             )
         return len(rows)
+
+    def product_keys(self, product_ids: Sequence[int]) -> dict[int, ProductKeys]:
+        """The listing's keys of these items (``restore --match`` on another portal); items the ``products``
+        table does not hold are left out. A key is None when no listing recorded it (an older ``sync --all``)."""
+        out: dict[int, ProductKeys] = {}
+        ids = list(dict.fromkeys(product_ids))
+        with self._lock:
+            if "products" not in self.db.table_names():
+                return out
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                for pid, xml_id, code, name, status in self.db.execute(
+                    f"select product_id, xml_id, code, name, status from products where product_id in "
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    out[int(pid)] = ProductKeys(int(pid), xml_id, code, name, str(status or ""))
+        return out
 
     def recorded_pictures(self, item_ids: Sequence[int]) -> dict[int, set[int]]:
         """The image ids recorded with status ``ok`` per item (items without one are left out)."""

@@ -105,7 +105,9 @@ the product catalog (iblock ``23``: types 1, 2, 3, 6, 7) and the variation catal
   iblockId"}`` / ``"Required filter fields: iblockId"`` (texts from the notes §12). Every item of the
   named catalog, whatever its type (INFERENCE, notes §12); an ``iblockId`` that is no catalog gives an
   empty list. ``result.products[]`` with ``active``, ``available``, ``code``, ``detailPicture``,
-  ``iblockId``, ``id``, ``name``, ``previewPicture``, ``type``, ``xmlId``, ``property<N>`` (the MORE_PHOTO
+  ``iblockId``, ``id``, ``name``, ``previewPicture``, ``type``, ``xmlId`` (``CatalogItem.xml_id``, by default
+  the item's own id, as a portal's default ``XML_ID``), ``code`` (``CatalogItem.code``, by default
+  ``item-<id>``), ``property<N>`` (the MORE_PHOTO
   property: 120 in the product catalog, 121 in the variation catalog) and, for variations,
   ``parentId {value, valueId}``; ``select`` keeps the named fields (``*``: all).
 - ``catalog.product.sku.list`` -> ``result.units[]`` (types 3, 6), ``catalog.product.offer.list`` ->

@@ -300,7 +300,9 @@ class CatalogItem:
     """One element of a trade catalog: a product, set, parent, variation or service.
 
     ``iblock_id`` 0 means "from the type": variations (4, 5) live in the variation catalog, everything
-    else in the product catalog. A variation (4) names its ``parent_id``.
+    else in the product catalog. A variation (4) names its ``parent_id``. ``xml_id`` ("External code")
+    and ``code`` ("Symbolic code"), None for the portal's defaults: ``XML_ID`` is the element's own id
+    when none was set (notes §15), and the emulator's ``code`` is ``item-<id>``.
     """
 
     id: int
@@ -308,6 +310,8 @@ class CatalogItem:
     name: str = ""
     iblock_id: int = 0
     parent_id: int | None = None
+    xml_id: str | None = None
+    code: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPE_NAMES:

@@ -1334,12 +1334,12 @@ class Portal:
         row: dict[str, Any] = {
             "active": "Y",
             "available": "Y",
-            "code": f"item-{item.id}",
+            "code": f"item-{item.id}" if item.code is None else item.code,
             "iblockId": item.iblock_id,
             "id": item.id,
             "name": item.name,
             "type": item.type,
-            "xmlId": str(item.id),
+            "xmlId": str(item.id) if item.xml_id is None else item.xml_id,
         }
         if item.type in (OFFER, FREE_OFFER):
             parent = item.parent_id

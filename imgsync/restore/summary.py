@@ -31,6 +31,8 @@ class RestoreSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     restored_images: list[dict[str, int]] = field(default_factory=list)
     plan: list[dict[str, Any]] | None = None  # a dry run's plan
+    #: A restore from another portal: each source product's target, or why none (``--json``: ``mapping``).
+    mapping: list[dict[str, Any]] | None = None
     to_dir: bool = False  # --to DIR: no portal, no run row
 
     def add_failure(self, product_id: int, image_id: int, reason: str) -> None:
@@ -71,6 +73,8 @@ class RestoreSummary:
             "failures": self.failures,
             "restored_images": self.restored_images,
         }
+        if self.mapping is not None:
+            out["mapping"] = self.mapping[:MAX_RESTORED]
         if self.plan is not None:
             out["dry_run"] = True
             out["plan"] = self.plan
