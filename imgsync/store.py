@@ -616,7 +616,7 @@ class Store:
 
     _IMAGE_STATE = (
         "product_id, image_id, name, status, error, size, sha256, local_path, s3_key, "
-        "last_checked_at, last_changed_at"
+        "last_checked_at, last_changed_at, restored_as, restored_at"
     )
     _RUN_STATS = (
         "id, started_at, finished_at, exit_code, coalesce(requested, 0), coalesce(downloaded, 0), "
