@@ -936,6 +936,16 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, faile
             runs = store.last_runs(n_runs)
             _backed_up, bytes_ok = store.totals()
             catalog = store.listed_items() if store.catalog_size() else None
+            restores = store.restore_counts()
+            restored_by_run = store.restored_by_run(
+                [run["id"] for run in runs if run.get("command") == "restore"]
+            )
+        for run in runs:
+            run["command"] = run.get("command") or "sync"
+            if run["command"] == "restore":
+                run["restored"] = restored_by_run.get(run["id"], 0)
+        restored = restores["restored_images"]
+        adds = {key[len("adds_") :]: n for key, n in restores.items() if key.startswith("adds_")}
         if as_json:
             click.echo(
                 json.dumps(
@@ -945,6 +955,8 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, faile
                         "total": sum(counts.values()),
                         "bytes_ok": bytes_ok,
                         "catalog_items": catalog,
+                        "restored": restored,
+                        "restore_adds": adds,
                         "runs": runs,
                     }
                 )
@@ -956,9 +968,26 @@ def status(ctx: click.Context, db: str | None, as_json: bool, n_runs: int, faile
             click.echo(f"catalog:  {catalog} items listed by the last sync --all")
         for name, n in counts.items():
             click.echo(f"  {name:<8} {n}")
+        if restored or adds:
+            click.echo(
+                f"restored: {restored} image{'' if restored == 1 else 's'} put back by imgsync restore, under new ids"
+                + (
+                    f" (adds: {', '.join(f'{n} {state}' for state, n in sorted(adds.items()))})"
+                    if adds
+                    else ""
+                )
+            )
         if runs:
             click.echo("last runs:")
             for run in runs:
+                if run["command"] == "restore":
+                    click.echo(
+                        f"  #{run['id']:<5} {run['started_at']}  {_run_outcome(run, running)}"
+                        f"  restore: selected {run['requested'] or 0}, restored {run['restored']}, "
+                        f"failed {run['failed'] or 0}, deferred {run['deferred'] or 0}"
+                        + (f"  ({run['error']})" if run.get("error") else "")
+                    )
+                    continue
                 click.echo(
                     f"  #{run['id']:<5} {run['started_at']}  {_run_outcome(run, running)}"
                     f"  requested {run['requested'] or 0}, downloaded {run['downloaded'] or 0}, "

@@ -1,8 +1,10 @@
-"""``imgsync demo``: a complete sync against the built-in demo portal, offline, twice.
+"""``imgsync demo``: a complete sync against the built-in demo portal, offline, twice, then a restore.
 
 The demo portal is the project's emulator (:mod:`imgsync.emulator`) with a small catalog of real PNG
 pictures, on 127.0.0.1. The first run downloads every image; the second downloads nothing, because
-nothing changed; the folder then holds the files, the database and an HTML report to look at.
+nothing changed. Then two pictures are deleted on the portal: a sync marks them missing, and
+``restore --missing`` puts them back, checked byte for byte. The folder then holds the files, the database
+and an HTML report to look at.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from pathlib import Path
 from .config import Settings
 from .emulator import CatalogImage, Portal
 from .report import build_report
+from .restore import RestoreRequest, run_restore
+from .restore.select import Selection
 from .runner import Request, run_sync
+from .store import Store
 from .sync import Summary
 
 
@@ -74,6 +79,38 @@ def _line(summary: Summary) -> str:
     )
 
 
+def _lose_and_restore(
+    portal: Portal, settings: Settings, catalog: list[CatalogImage], echo: Callable[[str], None]
+) -> None:
+    """Two pictures lost on the portal: a sync marks them missing, ``restore --missing`` puts them back, and
+    the portal's galleries are checked to hold their backed-up bytes again, once each."""
+    lost = [catalog[-3], catalog[1]]  # a product's DETAIL_PICTURE and another's first MORE_PHOTO
+    lost.sort(key=lambda img: (img.product_id, img.image_id))
+    for img in lost:
+        portal.delete_image(img.product_id, img.image_id)
+    echo(f"deleted on the portal: {', '.join(f'{img.product_id}:{img.image_id}' for img in lost)}")
+    synced = run_sync(settings, Request(recorded=True))
+    with Store(settings.db, readonly=True) as store:
+        missing = [str(row.ref) for row in store.missing_rows()]
+    echo(f"sync run:   {_line(synced)}, exit {synced.exit_code}; marked missing: {', '.join(missing)}")
+    restored = run_restore(settings, RestoreRequest(selection=Selection(missing=True)))
+    echo(
+        f"restore --missing: {restored.counts_line()} in {restored.duration_s:.2f} s, exit {restored.exit_code}"
+    )
+    for item in restored.restored_images:
+        echo(
+            f"  restored {item['product_id']}:{item['image_id']} as "
+            f"{item['target_product_id']}:{item['new_image_id']}"
+        )
+    for img in lost:
+        held = [image_id for image_id, _type, sha in portal.gallery(img.product_id) if sha == img.sha256]
+        where = ", ".join(f"{img.product_id}:{image_id}" for image_id in held) or "nowhere"
+        echo(
+            f"check:      {img.product_id}:{img.image_id}'s bytes are on the portal "
+            f"{'once' if len(held) == 1 else f'{len(held)} times'} ({where})"
+        )
+
+
 def run_demo(
     folder: Path, *, products: int = 8, with_s3: bool = False, echo: Callable[[str], None] = print
 ) -> tuple[Summary, Summary]:
@@ -109,6 +146,7 @@ def run_demo(
             echo(
                 f"--all run:  {_line(whole)}; {portal.stats.requests} portal requests (the catalog's listing)"
             )
+            _lose_and_restore(portal, settings, catalog, echo)
         finally:
             if s3_server is not None:
                 s3_server.stop()

@@ -258,6 +258,8 @@ class ImageState:
     s3_key: str | None
     last_checked_at: str | None
     last_changed_at: str | None
+    restored_as: int | None = None  # the new image id an ``imgsync restore`` put back in its place
+    restored_at: str | None = None
 
 
 @dataclass(frozen=True)

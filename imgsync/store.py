@@ -621,7 +621,7 @@ class Store:
 
     _IMAGE_STATE = (
         "product_id, image_id, name, status, error, size, sha256, local_path, s3_key, "
-        "last_checked_at, last_changed_at"
+        "last_checked_at, last_changed_at, restored_as, restored_at"
     )
     _RUN_STATS = (
         "id, started_at, finished_at, exit_code, coalesce(requested, 0), coalesce(downloaded, 0), "
@@ -1045,6 +1045,22 @@ class Store:
             for state, n in self.db.execute("select state, count(*) from restores group by state"):
                 out[f"adds_{state}"] = int(n)
         return out
+
+    def restored_by_run(self, run_ids: Sequence[int]) -> dict[int, int]:
+        """Images each of these runs put back: adds answered with a new image holding the backup's bytes
+        (for this portal: the old row's ``restored_as`` names it, so an add whose check failed is not one)."""
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" * len(run_ids))
+        with self._lock:
+            rows = self.db.execute(
+                f"select run_id, count(*) from restores r where run_id in ({marks}) and state = 'done' "
+                "and error is null and (source_db is not null or exists (select 1 from images i where "
+                "i.product_id = r.product_id and i.image_id = r.image_id and i.restored_as = r.new_image_id)) "
+                "group by run_id",
+                list(run_ids),
+            ).fetchall()
+        return {int(run_id): int(n) for run_id, n in rows}
 
 
 #: The error of a restore whose add the portal stored with other bytes (never sent again without --force).

@@ -299,6 +299,64 @@ def test_a_screenshot_of_the_report_is_not_blank(opened: Opened, tmp_path: Path)
     assert colours is not None and len(colours) > 50
 
 
+@pytest.fixture(scope="module")
+def restored_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[State, Path]:
+    """Two pictures lost on the portal and marked missing; ``imgsync restore`` puts one of them back."""
+    from imgsync.restore import RestoreRequest, run_restore
+    from imgsync.restore.select import Selection
+
+    root = tmp_path_factory.mktemp("restored")
+    st = State(root, root / "images", root / "imgsync.db")
+    catalog = make_catalog(products=2, images_per_product=3, min_size=300, max_size=2000, seed=5)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        settings = Settings(
+            webhook_url=portal.webhook_url, dest=st.dest, db=st.db, rate_limit=1000.0, burst=1000
+        )
+        pairs = [f"{i.product_id}:{i.image_id}" for i in catalog]
+        assert run_sync(settings, Request(pairs=pairs)).exit_code == 0
+        portal.delete_image(100, 1001)  # MORE_PHOTO: put back below
+        portal.delete_image(101, 1005)  # stays missing
+        assert run_sync(settings, Request(pairs=pairs)).missing == 2
+        done = run_restore(settings, RestoreRequest(selection=Selection(pairs=["100:1001"])))
+        assert (done.exit_code, done.restored) == (0, 1)
+    return st, build_report(st.db, st.dest, root / "report.html")
+
+
+def test_restored_images_say_where_they_went_and_missing_ones_how_to_restore(
+    browser: Any, restored_report: tuple[State, Path]
+) -> None:
+    st, report = restored_report
+    ((new_id, restored_at),) = st.query(
+        "select restored_as, restored_at from images where product_id = 100 and image_id = 1001"
+    )
+    assert new_id is not None and new_id != 1001
+    opened = open_report(browser, report)
+    page = opened.page
+    try:
+        rows = page.eval_on_selector_all(
+            "#problems tr.problem",
+            "rows => rows.map(r => [r.querySelector('td').innerText, r.querySelector('td.restore').innerText])",
+        )
+        when = datetime.fromisoformat(restored_at).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        assert rows == [
+            ["100:1001", f"restored as 100:{new_id} at {when}"],
+            ["101:1005", "imgsync restore 101:1005"],
+        ]
+        assert page.get_attribute("#problems .restored", "data-restored-as") == f"100:{new_id}"
+        # The command is a code element that one click selects whole, ready to copy.
+        command = page.locator("#problems code.restore-command")
+        assert command.count() == 1
+        assert command.evaluate("e => getComputedStyle(e).userSelect") == "all"
+        command.click()
+        assert page.evaluate("() => window.getSelection().toString()") == "imgsync restore 101:1005"
+        # The search box finds the restored rows by that word.
+        page.fill("#problem-search", "restored")
+        assert page.locator("#problems tr.problem:not([hidden])").count() == 1
+        assert opened.console_errors == [] and opened.dialogs == []
+    finally:
+        page.close()
+
+
 # --- the library and the command ------------------------------------------------------------------------------
 
 
