@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -385,31 +386,41 @@ class Syncer:
             internal.summary = self.summary
             raise internal from exc
         finally:
-            self._flush(force=True)
-            self.summary.duration_s = time.monotonic() - started
-            if self.capped is not None:
-                self.summary.complete = False
-                if total is not None:
-                    self.summary.deferred = max(self.summary.deferred, total - self.summary.requested)
-                log.warning("%s reached: %d images left for the next run", self.capped, self.summary.deferred)
-            if not self.summary.exit_code:
-                capped = 5 if self.capped is not None else 0
-                self.summary.exit_code = 1 if self.summary.failed else capped
-            # --- run totals (JSON summary, metrics) ---
-            self.summary.complete = self.summary.complete and not self.summary.error
-            for name, attr in (("requests", "requests_sent"), ("retries", "retries")):
-                setattr(self.summary, name, getattr(self.client, attr, 0))
-            self.summary.answers_503 = getattr(self.client, "answers_503", 0)
-            self.summary.answers_429 = getattr(self.client, "answers_429", 0)
-            # --- end run totals ---
-            if not dry and self.summary.run_id is not None:
-                self.store.finish_run(
-                    self.summary.run_id,
-                    self.summary.as_json(),
-                    self.summary.exit_code,
-                    self.summary.error or "",
-                )
+            # The run's last bookkeeping: a second signal must not cut it short (it is stopping anyway).
+            with self._critical(reraise=False):
+                self._finish(started, total, dry)
         return self.summary
+
+    def _critical(self, *, reraise: bool = True) -> AbstractContextManager[None]:
+        """A section a second signal must not cut short (see :meth:`StopRequest.critical`)."""
+        return self.stop.critical(reraise=reraise) if isinstance(self.stop, StopRequest) else nullcontext()
+
+    def _finish(self, started: float, total: int | None, dry: bool) -> None:
+        """Record what is pending, and the run's totals and row."""
+        self._flush(force=True)
+        self.summary.duration_s = time.monotonic() - started
+        if self.capped is not None:
+            self.summary.complete = False
+            if total is not None:
+                self.summary.deferred = max(self.summary.deferred, total - self.summary.requested)
+            log.warning("%s reached: %d images left for the next run", self.capped, self.summary.deferred)
+        if not self.summary.exit_code:
+            capped = 5 if self.capped is not None else 0
+            self.summary.exit_code = 1 if self.summary.failed else capped
+        # --- run totals (JSON summary, metrics) ---
+        self.summary.complete = self.summary.complete and not self.summary.error
+        for name, attr in (("requests", "requests_sent"), ("retries", "retries")):
+            setattr(self.summary, name, getattr(self.client, attr, 0))
+        self.summary.answers_503 = getattr(self.client, "answers_503", 0)
+        self.summary.answers_429 = getattr(self.client, "answers_429", 0)
+        # --- end run totals ---
+        if not dry and self.summary.run_id is not None:
+            self.store.finish_run(
+                self.summary.run_id,
+                self.summary.as_json(),
+                self.summary.exit_code,
+                self.summary.error or "",
+            )
 
     def _cap(self, *, queued: bool = False) -> str | None:
         """The cap that forbids new work now (``--max-downloads 100``), or None. A run is ``capped`` only
@@ -613,12 +624,14 @@ class Syncer:
         finally:
             for fut in list(meta) + list(work):
                 fut.cancel()
-            meta_pool.shutdown(wait=True, cancel_futures=True)
-            work_pool.shutdown(wait=True, cancel_futures=True)
-            # Downloads that finished while we were stopping are in place: record them too.
-            for fut in work:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    self._record(fut.result())
+            try:
+                meta_pool.shutdown(wait=True, cancel_futures=True)
+                work_pool.shutdown(wait=True, cancel_futures=True)
+            finally:  # also when a second signal cut the wait short
+                # Downloads that finished while we were stopping are in place: record them too.
+                for fut in work:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        self._record(fut.result())
             if fatal is not None and not isinstance(fatal, ImgsyncError):
                 log.debug("stopped by %r", fatal)
 
@@ -877,21 +890,25 @@ class Syncer:
             self._pending.clear()
             return
         if force or len(self._pending) >= 500 or time.monotonic() - self._last_flush > 0.5:
-            outcomes, self._pending = self._pending, []
-            # Durable before files are removed: a commit lost to a power cut must not leave rows naming them.
-            self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
-            self._last_flush = time.monotonic()
-            for outcome in outcomes:  # superseded files go only now that no committed row names them
-                current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
-                for relative in outcome.remove_after:
-                    path = inside_dest(self.opts.dest, relative)
-                    if path is None:
-                        log.warning("not removing %r: it is outside the destination folder", relative)
-                    elif current is not None and _same_file(path, current):
-                        # A case-only rename on a case-insensitive file system: the old name *is* the new file.
-                        log.debug("not removing %s: it is the new file under another spelling", relative)
-                    else:
-                        _unlink_quietly(path)
+            with self._critical():  # a second signal waits for the commit and the unlinks it allows
+                self._save_pending()
+
+    def _save_pending(self) -> None:
+        outcomes, self._pending = self._pending, []
+        # Durable before files are removed: a commit lost to a power cut must not leave rows naming them.
+        self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
+        self._last_flush = time.monotonic()
+        for outcome in outcomes:  # superseded files go only now that no committed row names them
+            current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
+            for relative in outcome.remove_after:
+                path = inside_dest(self.opts.dest, relative)
+                if path is None:
+                    log.warning("not removing %r: it is outside the destination folder", relative)
+                elif current is not None and _same_file(path, current):
+                    # A case-only rename on a case-insensitive file system: the old name *is* the new file.
+                    log.debug("not removing %s: it is the new file under another spelling", relative)
+                else:
+                    _unlink_quietly(path)
 
 
 #: The most requests ``workers = "auto"`` keeps in flight (threads of each pool).
