@@ -1010,7 +1010,7 @@ class Client:
                         # on would bring it MAX_LIST_PAGES times; what lies beyond it is unknown.
                         log.info(
                             "product %d: catalog.productImage.list answered the same page again for start=%d; "
-                            "its listing is incomplete and nothing of it is marked missing",
+                            "its listing is incomplete (what it leaves out is asked for by id)",
                             pid,
                             asked[pid],
                         )

@@ -181,7 +181,8 @@ def _stop_on_signals() -> Iterator[tuple[StopRequest, list[int]]]:
 
     def handler(signum: int, frame: Any) -> None:
         if received:
-            raise KeyboardInterrupt
+            stop.interrupt()  # at once, or once the commit under way has finished (see StopRequest.critical)
+            return
         received.append(signum)
         # The run's row records the code the process exits with (143 for SIGTERM, not 130): see Syncer.run.
         stop.request(128 + signum)

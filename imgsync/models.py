@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -74,13 +76,50 @@ class ImageUpload:
 
 
 class StopRequest(threading.Event):
-    """A request to stop the run (a signal), carrying the exit code the process will end with."""
+    """A request to stop the run (a signal), carrying the exit code the process will end with.
+
+    A second signal stops the run at once (:meth:`interrupt` raises ``KeyboardInterrupt`` in the main thread),
+    except inside :meth:`critical`: a commit of what finished is never cut short, the interrupt waits for it.
+    """
 
     exit_code: int = 130
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._critical = 0  # critical sections open in the main thread (where signal handlers run)
+        self._deferred = False
 
     def request(self, exit_code: int) -> None:
         self.exit_code = exit_code
         self.set()
+
+    def interrupt(self) -> None:
+        """Stop at once: ``KeyboardInterrupt`` now, or at the end of the critical section under way."""
+        if self._critical:
+            self._deferred = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def critical(self, *, reraise: bool = True) -> Iterator[None]:
+        """A section that a second signal must not cut short (writing the rows of finished work).
+
+        An interrupt that came meanwhile is raised as it ends (``reraise=False``: dropped, for the run's
+        last bookkeeping, after which it is stopping anyway). Other threads pass straight through: signal
+        handlers run in the main thread only.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self._deferred:
+            self._deferred = False
+            if reraise:
+                raise KeyboardInterrupt
 
 
 class Action(StrEnum):

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -124,9 +125,19 @@ class ProductChunk:
 
     product_ids: tuple[int, ...]
     skip: Container[ImageRef] = ()
-    #: The picture ids the catalog's listing showed for these items (``sync --all``): an image list that
-    #: leaves out one of them is incomplete.
+    #: The picture ids the catalog's listing showed for these items (``sync --all``): those an image list
+    #: leaves out are asked for with ``get``.
     listed: Mapping[int, frozenset[int]] | None = None
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """A :class:`ProductChunk`'s answers: each product's image list, ``get``'s answers for the images the
+    lists left out (see :meth:`Syncer._left_out`), and which of the products' images are recorded."""
+
+    listings: Mapping[int, Listing | ImageError]
+    asked: Mapping[ImageRef, PortalImage | ImageError]
+    recorded: frozenset[ImageRef]
 
 
 @dataclass(frozen=True)
@@ -375,31 +386,41 @@ class Syncer:
             internal.summary = self.summary
             raise internal from exc
         finally:
-            self._flush(force=True)
-            self.summary.duration_s = time.monotonic() - started
-            if self.capped is not None:
-                self.summary.complete = False
-                if total is not None:
-                    self.summary.deferred = max(self.summary.deferred, total - self.summary.requested)
-                log.warning("%s reached: %d images left for the next run", self.capped, self.summary.deferred)
-            if not self.summary.exit_code:
-                capped = 5 if self.capped is not None else 0
-                self.summary.exit_code = 1 if self.summary.failed else capped
-            # --- run totals (JSON summary, metrics) ---
-            self.summary.complete = self.summary.complete and not self.summary.error
-            for name, attr in (("requests", "requests_sent"), ("retries", "retries")):
-                setattr(self.summary, name, getattr(self.client, attr, 0))
-            self.summary.answers_503 = getattr(self.client, "answers_503", 0)
-            self.summary.answers_429 = getattr(self.client, "answers_429", 0)
-            # --- end run totals ---
-            if not dry and self.summary.run_id is not None:
-                self.store.finish_run(
-                    self.summary.run_id,
-                    self.summary.as_json(),
-                    self.summary.exit_code,
-                    self.summary.error or "",
-                )
+            # The run's last bookkeeping: a second signal must not cut it short (it is stopping anyway).
+            with self._critical(reraise=False):
+                self._finish(started, total, dry)
         return self.summary
+
+    def _critical(self, *, reraise: bool = True) -> AbstractContextManager[None]:
+        """A section a second signal must not cut short (see :meth:`StopRequest.critical`)."""
+        return self.stop.critical(reraise=reraise) if isinstance(self.stop, StopRequest) else nullcontext()
+
+    def _finish(self, started: float, total: int | None, dry: bool) -> None:
+        """Record what is pending, and the run's totals and row."""
+        self._flush(force=True)
+        self.summary.duration_s = time.monotonic() - started
+        if self.capped is not None:
+            self.summary.complete = False
+            if total is not None:
+                self.summary.deferred = max(self.summary.deferred, total - self.summary.requested)
+            log.warning("%s reached: %d images left for the next run", self.capped, self.summary.deferred)
+        if not self.summary.exit_code:
+            capped = 5 if self.capped is not None else 0
+            self.summary.exit_code = 1 if self.summary.failed else capped
+        # --- run totals (JSON summary, metrics) ---
+        self.summary.complete = self.summary.complete and not self.summary.error
+        for name, attr in (("requests", "requests_sent"), ("retries", "retries")):
+            setattr(self.summary, name, getattr(self.client, attr, 0))
+        self.summary.answers_503 = getattr(self.client, "answers_503", 0)
+        self.summary.answers_429 = getattr(self.client, "answers_429", 0)
+        # --- end run totals ---
+        if not dry and self.summary.run_id is not None:
+            self.store.finish_run(
+                self.summary.run_id,
+                self.summary.as_json(),
+                self.summary.exit_code,
+                self.summary.error or "",
+            )
 
     def _cap(self, *, queued: bool = False) -> str | None:
         """The cap that forbids new work now (``--max-downloads 100``), or None. A run is ``capped`` only
@@ -419,26 +440,74 @@ class Syncer:
         """The exit code a stop request carries (128 + the signal), or ``default``."""
         return self.stop.exit_code if isinstance(self.stop, StopRequest) else default
 
-    def _fetch(self, item: list[ImageRef] | ProductChunk) -> dict[Any, Any]:
-        """The network half of a chunk (runs in a worker): one ``batch`` call."""
-        if isinstance(item, ProductChunk):
-            return self.client.list_images(list(item.product_ids))
-        return self.client.get_images(item)
+    def _fetch(self, item: list[ImageRef] | ProductChunk) -> dict[Any, Any] | _Listed:
+        """The network half of a chunk (runs in a worker): one ``batch`` call, and for products a ``get`` for
+        each image their lists leave out that the run knows of otherwise (see :meth:`_left_out`)."""
+        if not isinstance(item, ProductChunk):
+            return self.client.get_images(item)
+        listings = self.client.list_images(list(item.product_ids))
+        recorded, ask = self._left_out(item, listings)
+        asked: dict[ImageRef, PortalImage | ImageError] = {}
+        for at in range(0, len(ask), BATCH_SIZE):
+            asked.update(self.client.get_images(ask[at : at + BATCH_SIZE]))
+        return _Listed(listings, asked, recorded)
+
+    def _left_out(
+        self, item: ProductChunk, listings: Mapping[int, Listing | ImageError]
+    ) -> tuple[frozenset[ImageRef], list[ImageRef]]:
+        """The recorded images of the listed products, and the images to ask ``get`` about: those recorded
+        or shown by the catalog's listing that the image lists did not return.
+
+        An image list is not proof that what it leaves out is gone: the docs leave open whether
+        ``catalog.productImage.list`` caps its answer and whether it honours ``start`` (notes §13.5). So an
+        image is marked missing only on ``get``'s own "not found", and a picture the catalog's listing
+        shows is backed up even when the list hides it. Listing ids are used only where they share an id
+        with the list: ids that are not image ids (the docs leave that open too) name nothing to ask.
+        """
+        recorded: set[ImageRef] = set()
+        ask: list[ImageRef] = []
+        for pid, listing in listings.items():
+            if isinstance(listing, ImageError):
+                continue
+            returned = {image.image_id for image in listing.images}
+            known = {
+                row.image_id
+                for row in self.store.rows_of_product(pid)
+                if row.status != "missing" and row.ref not in item.skip
+            }
+            recorded.update(ImageRef(pid, i) for i in known)
+            shown = item.listed.get(pid, frozenset()) if item.listed else frozenset()
+            hidden = shown - returned if shown & returned else frozenset()
+            if hidden:
+                log.info(
+                    "item %d: the catalog listing shows pictures %s that catalog.productImage.list did not "
+                    "return; they are asked for one by one",
+                    pid,
+                    ", ".join(str(i) for i in sorted(hidden)[:10]) + (", ..." if len(hidden) > 10 else ""),
+                )
+            ask += [
+                ref
+                for ref in (ImageRef(pid, i) for i in sorted((known | hidden) - returned))
+                if ref not in item.skip
+            ]
+        return frozenset(recorded), ask
 
     def _unpack(
         self,
         item: list[ImageRef] | ProductChunk,
-        result: dict[Any, Any],
+        result: dict[Any, Any] | _Listed,
         executor: tuple[dict[Future[Outcome], Plan], ThreadPoolExecutor],
     ) -> tuple[list[ImageRef], dict[ImageRef, PortalImage | ImageError]]:
         """The refs and metadata of a fetched chunk. A product listing already holds every image's
-        metadata and a fresh link, so its images need no ``get`` call of their own."""
+        metadata and a fresh link, so its images need no ``get`` call of their own; the images it left
+        out come with ``get``'s answers (gone: missing)."""
         if not isinstance(item, ProductChunk):
+            assert not isinstance(result, _Listed)
             return item, result
+        assert isinstance(result, _Listed)
         found: dict[ImageRef, PortalImage | ImageError] = {}
         extra: list[Plan] = []
-        result = {pid: self._against_listed(item, pid, listing) for pid, listing in result.items()}
-        for pid, listing in result.items():
+        for pid, listing in result.listings.items():
             if isinstance(listing, ImageGone):
                 # A deleted product is no failure: its recorded images are missing, their backups kept.
                 gone = list(gone_product(self.store, pid, item.skip))
@@ -454,33 +523,14 @@ class Syncer:
                     found[image.ref] = image
             if listing.problem:
                 extra.append(Plan(ImageRef(pid, 0), Action.FAILED, f"product {pid}: {listing.problem}"))
-        extra.extend(missing_for_products(self.store, result, item.skip))
+        for ref, answer in result.asked.items():
+            if ref in found or (isinstance(answer, ImageGone) and ref not in result.recorded):
+                continue  # a picture the catalog listed, deleted since: nothing recorded, nothing to mark
+            found[ref] = answer
         self.progress_extend(len(found) + len(extra))
         for plan in extra:
             self._handle_plan(plan, executor)
         return list(found), found
-
-    @staticmethod
-    def _against_listed(item: ProductChunk, pid: int, listing: Listing | ImageError) -> Listing | ImageError:
-        """``listing``, incomplete when the catalog's listing showed pictures of the item that it leaves out
-        (a portal that caps the image list without ``next``): nothing of the item may be marked missing then.
-
-        Only where the two share an id, or the image list is empty: listing ids that are not image ids
-        (the docs leave it open) never match, and prove nothing."""
-        shown = item.listed.get(pid) if item.listed else None
-        if not shown or isinstance(listing, ImageError) or not listing.complete:
-            return listing
-        returned = {image.image_id for image in listing.images}
-        unseen = shown - returned
-        if not unseen or (returned and returned.isdisjoint(shown)):
-            return listing
-        log.info(
-            "item %d: the catalog listing shows pictures %s that catalog.productImage.list did not return; "
-            "its image list is incomplete and nothing of it is marked missing",
-            pid,
-            ", ".join(str(i) for i in sorted(unseen)[:10]) + (", ..." if len(unseen) > 10 else ""),
-        )
-        return Listing(listing.images, complete=False)
 
     def _workers(self) -> int:
         """Requests to keep in flight: the configured number, or (``workers = "auto"``, 0) what the
@@ -574,12 +624,14 @@ class Syncer:
         finally:
             for fut in list(meta) + list(work):
                 fut.cancel()
-            meta_pool.shutdown(wait=True, cancel_futures=True)
-            work_pool.shutdown(wait=True, cancel_futures=True)
-            # Downloads that finished while we were stopping are in place: record them too.
-            for fut in work:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    self._record(fut.result())
+            try:
+                meta_pool.shutdown(wait=True, cancel_futures=True)
+                work_pool.shutdown(wait=True, cancel_futures=True)
+            finally:  # also when a second signal cut the wait short
+                # Downloads that finished while we were stopping are in place: record them too.
+                for fut in work:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        self._record(fut.result())
             if fatal is not None and not isinstance(fatal, ImgsyncError):
                 log.debug("stopped by %r", fatal)
 
@@ -838,21 +890,25 @@ class Syncer:
             self._pending.clear()
             return
         if force or len(self._pending) >= 500 or time.monotonic() - self._last_flush > 0.5:
-            outcomes, self._pending = self._pending, []
-            # Durable before files are removed: a commit lost to a power cut must not leave rows naming them.
-            self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
-            self._last_flush = time.monotonic()
-            for outcome in outcomes:  # superseded files go only now that no committed row names them
-                current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
-                for relative in outcome.remove_after:
-                    path = inside_dest(self.opts.dest, relative)
-                    if path is None:
-                        log.warning("not removing %r: it is outside the destination folder", relative)
-                    elif current is not None and _same_file(path, current):
-                        # A case-only rename on a case-insensitive file system: the old name *is* the new file.
-                        log.debug("not removing %s: it is the new file under another spelling", relative)
-                    else:
-                        _unlink_quietly(path)
+            with self._critical():  # a second signal waits for the commit and the unlinks it allows
+                self._save_pending()
+
+    def _save_pending(self) -> None:
+        outcomes, self._pending = self._pending, []
+        # Durable before files are removed: a commit lost to a power cut must not leave rows naming them.
+        self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
+        self._last_flush = time.monotonic()
+        for outcome in outcomes:  # superseded files go only now that no committed row names them
+            current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
+            for relative in outcome.remove_after:
+                path = inside_dest(self.opts.dest, relative)
+                if path is None:
+                    log.warning("not removing %r: it is outside the destination folder", relative)
+                elif current is not None and _same_file(path, current):
+                    # A case-only rename on a case-insensitive file system: the old name *is* the new file.
+                    log.debug("not removing %s: it is the new file under another spelling", relative)
+                else:
+                    _unlink_quietly(path)
 
 
 #: The most requests ``workers = "auto"`` keeps in flight (threads of each pool).
@@ -939,24 +995,6 @@ def gone_product(store: Store, product_id: int, skip: Container[ImageRef] = ()) 
             )
 
 
-def missing_for_products(
-    store: Store, listed: dict[int, Listing | ImageError], skip: Container[ImageRef] = ()
-) -> Iterator[Plan]:
-    """Recorded images of listed products that a complete listing no longer shows: gone upstream.
-
-    Nothing is inferred from a listing that failed or is known to be incomplete, and pairs in ``skip``
-    (named on their own in this run) are left to their own chunk, which sees them from ``get``.
-    """
-    for pid, listing in listed.items():
-        if isinstance(listing, ImageError) or not listing.complete:
-            continue
-        present = {img.image_id for img in listing.images}
-        for row in store.rows_of_product(pid):
-            ref = row.ref
-            if row.image_id not in present and row.status != "missing" and ref not in skip:
-                yield Plan(ref, Action.MISSING, "gone upstream; the backup is kept", None, row)
-
-
 __all__ = [
     "ProductChunk",
     "Plan",
@@ -966,5 +1004,4 @@ __all__ = [
     "Uploader",
     "decide",
     "gone_product",
-    "missing_for_products",
 ]

@@ -15,7 +15,16 @@ from imgsync.emulator import Faults, Portal
 from imgsync.store import run_lock
 
 from ..conftest import count_images
-from .conftest import FaultEnv, assert_complete, assert_sound, catalog, pairs_of, temp_files, wait_for
+from .conftest import (
+    FaultEnv,
+    assert_complete,
+    assert_sound,
+    catalog,
+    final_files,
+    pairs_of,
+    temp_files,
+    wait_for,
+)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"])
@@ -150,3 +159,51 @@ def test_a_killed_run_is_marked_crashed_by_the_next_with_what_it_recorded(
     assert "crashed" in first["error"]
     assert second["state"] == "finished" and second["exit_code"] == 0
     assert_complete(fenv, images)
+
+
+def test_a_second_signal_during_a_flush_keeps_what_was_being_written(
+    fenv: FaultEnv, make_portal: Callable[..., Portal]
+) -> None:
+    """Two signals while the rows of finished downloads are being committed: the commit completes, and only then
+    does the run stop (130). Before, the second signal's KeyboardInterrupt landed
+    inside ``Store.save`` and rolled the commit back: files in place, and no row claimed them.
+
+    The timing comes from outside: the test holds the database's write lock and waits until downloads have
+    finished (their files in place) with no row for them, so the run's next flush is waiting for the lock
+    inside the commit; sends Ctrl-C and SIGTERM; then lets the commit through. (Two different signals: the same
+    signal twice while the process is inside a C call reaches Python's handler once; and signals pending together
+    are handled in the order of their numbers, SIGINT first, so the exit code is 130.)"""
+    images = catalog(products=6, per=3, seed=65)
+    portal = make_portal(images)
+    portal.faults = Faults(slow_download=0.5)
+    fenv.write_config(workers=2)
+    spawned = fenv.spawn(portal, *pairs_of(portal))
+    code = 130
+    wait_for(lambda: count_images(fenv.db, "ok") >= 2, what="a first flush (the schema in place)")
+    holder = sqlite3.connect(fenv.db, isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the run's next commit waits for this lock
+        recorded = count_images(fenv.db, "ok")
+        wait_for(lambda: len(final_files(fenv.dest)) > recorded + 1, what="downloads without their rows yet")
+        time.sleep(1.0)  # a flush follows a finished download within 0.5 s: it is waiting for the lock now
+        spawned.signal(signal.SIGINT)
+        time.sleep(0.05)
+        spawned.signal(signal.SIGTERM)
+        time.sleep(0.3)  # both signals are pending in the process, which is inside the commit
+        in_place = set(final_files(fenv.dest))
+        assert count_images(fenv.db, "ok") == recorded  # the premise: their rows are not committed yet
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    run = fenv.reap(spawned, timeout=30)
+    assert run.returncode == code, run
+    assert run.summary["exit_code"] == code
+    rows = assert_sound(fenv, images)
+    recorded_paths = {r["local_path"] for r in rows if r["status"] == "ok"}
+    assert in_place <= recorded_paths, (
+        f"downloads in place without their row: {sorted(in_place - recorded_paths)}"
+    )
+    assert set(final_files(fenv.dest)) == recorded_paths  # nor any that finished afterwards
+    (last,) = fenv.rows("runs")
+    assert last["exit_code"] == code and last["state"] == "finished"
+    assert last["downloaded"] == len(recorded_paths)
