@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from .bitrix import BATCH_SIZE, Body, Client, Listing
 from .download import file_matches, relative_path, resolve_inside, save_stream
 from .errors import (
+    DeadlineReached,
     DownloadFailed,
     ImageError,
     ImageGone,
@@ -350,6 +351,9 @@ class Syncer:
         dry = self.opts.dry_run
         if not dry:
             self.summary.run_id = self.store.start_run()
+            if self.opts.max_duration_s is not None:
+                # One deadline for every wait: a request paced past it is not sent (DeadlineReached).
+                self.client.deadline = started + self.opts.max_duration_s
         try:
             self._pipeline(iter(chunks))
         except ImgsyncError as exc:
@@ -375,6 +379,7 @@ class Syncer:
             internal.summary = self.summary
             raise internal from exc
         finally:
+            self.client.deadline = None
             self._flush(force=True)
             self.summary.duration_s = time.monotonic() - started
             if self.capped is not None:
@@ -415,6 +420,18 @@ class Syncer:
             return f"--max-duration {opts.max_duration_s:g}s"
         return None
 
+    def turn_away(self) -> str | None:
+        """The cap that forbids the next piece of work a chunk source would do itself (a page of the catalog
+        listing), or None; a cap named here stops the run (exit 5)."""
+        cap = self._cap()
+        if cap is not None:
+            self.capped = cap
+        return cap
+
+    def _deadline_passed(self) -> None:
+        """A request was not sent because the deadline passed while it waited: the run is capped."""
+        self.capped = self._cap() or f"--max-duration {self.opts.max_duration_s:g}s"
+
     def _stop_code(self, default: int) -> int:
         """The exit code a stop request carries (128 + the signal), or ``default``."""
         return self.stop.exit_code if isinstance(self.stop, StopRequest) else default
@@ -439,6 +456,9 @@ class Syncer:
         extra: list[Plan] = []
         result = {pid: self._against_listed(item, pid, listing) for pid, listing in result.items()}
         for pid, listing in result.items():
+            if isinstance(listing, DeadlineReached):
+                self._deadline_passed()  # not listed: its images are left for the next run
+                continue
             if isinstance(listing, ImageGone):
                 # A deleted product is no failure: its recorded images are missing, their backups kept.
                 gone = list(gone_product(self.store, pid, item.skip))
@@ -516,7 +536,11 @@ class Syncer:
                     and len(work) + self._expected * len(meta) < backlog_limit
                     and len(work) + BATCH_SIZE * len(meta) < worst_limit
                 ):
-                    chunk = next(chunks, None)
+                    try:
+                        chunk = next(chunks, None)
+                    except DeadlineReached:
+                        self._deadline_passed()
+                        chunk = None
                     if chunk is None:
                         exhausted = True
                         break
@@ -524,6 +548,11 @@ class Syncer:
                         self.progress_extend(len(chunk.plans))
                         for plan in chunk.plans:
                             self._handle_plan(plan, (work, work_pool))
+                        # Recorded as they come (a warm --all is nothing but these): memory stays flat, and
+                        # a run killed mid-listing keeps what it did.
+                        self._flush()
+                        if self.stop.is_set():
+                            raise Interrupted("interrupted")
                         continue
                     cap = self._cap()
                     if cap is not None:
@@ -550,7 +579,15 @@ class Syncer:
                 done, _ = wait([*head, *work], timeout=0.5, return_when=FIRST_COMPLETED)
                 while meta and (first := next(iter(meta))).done():
                     item = meta.pop(first)
-                    refs, found = self._unpack(item, first.result(), (work, work_pool))
+                    try:
+                        answered = first.result()
+                    except DeadlineReached:
+                        # Not sent: the deadline passed while it waited for its turn. Left for the next run.
+                        self._deadline_passed()
+                        if not isinstance(item, ProductChunk):
+                            self.summary.deferred += len(item)
+                        continue
+                    refs, found = self._unpack(item, answered, (work, work_pool))
                     self._plan_chunk(refs, found, work, work_pool)
                 for fut in done:
                     if fut in work:
@@ -559,6 +596,10 @@ class Syncer:
                             outcome = fut.result()
                         except _Deferred as deferred:
                             self.capped = deferred.cap
+                            self.summary.deferred += 1
+                            continue
+                        except DeadlineReached:
+                            self._deadline_passed()
                             self.summary.deferred += 1
                             continue
                         except ImgsyncError as exc:
@@ -591,10 +632,16 @@ class Syncer:
         pool: ThreadPoolExecutor,
     ) -> None:
         rows = self.store.rows_for(chunk)
-        plans = [
-            decide(ref, found.get(ref) or ImageError("no answer from the portal"), rows.get(ref), self.opts)
-            for ref in chunk
-        ]
+        plans = []
+        for ref in chunk:
+            answer = found.get(ref) or ImageError("no answer from the portal")
+            if isinstance(answer, DeadlineReached):
+                # Its command was still waiting for its turn at the deadline: the batch's other answers are
+                # used, this image is left for the next run.
+                self._deadline_passed()
+                self.summary.deferred += 1
+                continue
+            plans.append(decide(ref, answer, rows.get(ref), self.opts))
         self._expected = max(1, sum(plan.action in (Action.DOWNLOAD, Action.UPLOAD) for plan in plans))
         for plan in plans:
             self._handle_plan(plan, (work, pool))
@@ -745,6 +792,9 @@ class Syncer:
         self._downloads_started += 1
         try:
             return self._download(replace(plan, action=Action.DOWNLOAD, reason="local file damaged"))
+        except DeadlineReached:
+            cap = self._cap() or f"--max-duration {self.opts.max_duration_s:g}s"
+            return replace(failed, upload_error=f"{damaged}; not downloaded again ({cap} reached)")
         except ImgsyncError as exc:
             if exc.fatal or isinstance(exc, ImageGone):
                 raise
