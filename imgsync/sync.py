@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .bitrix import BATCH_SIZE, Body, Client, Listing
-from .download import file_matches, relative_path, resolve_inside, save_stream
+from .download import NotPlain, file_matches, relative_path, resolve_inside, save_stream, size_inside
 from .errors import (
     DeadlineReached,
     DownloadFailed,
@@ -114,6 +114,13 @@ class SyncOptions:
     max_duration_s: float | None = None
     max_downloads: int | None = None
     max_bytes: int | None = None
+    _root: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def dest_root(self) -> str:
+        """``dest``, resolved once per run (the skip rule checks every image's file under it)."""
+        if self._root is None:
+            self._root = str(self.dest.resolve())
+        return self._root
 
 
 @dataclass(frozen=True)
@@ -284,10 +291,20 @@ def decide(
 
 def backup_state(row: StoredImage, key: str | None, opts: SyncOptions) -> tuple[bool, bool]:
     """(the local file is there with the recorded size, the recorded S3 object is the one at ``key``)."""
-    local_file = inside_dest(opts.dest, row.local_path)
-    local = local_file is not None and file_matches(local_file, row.size)
+    local = _local_present(opts, row.local_path, row.size)
     in_s3 = row.s3 is not None and row.s3.sha256 == row.sha256 and row.s3.key == key
     return local, in_s3
+
+
+def _local_present(opts: SyncOptions, relative: str | None, size: int | None) -> bool:
+    """The row's local file is there under dest with the recorded size (``file_matches(inside_dest(...))``)."""
+    if size is None or not relative or not isinstance(relative, str):
+        return False
+    try:
+        return size_inside(opts.dest_root(), relative) == size
+    except NotPlain:
+        local_file = inside_dest(opts.dest, relative)
+        return local_file is not None and file_matches(local_file, size)
 
 
 def backed_up_as_recorded(row: StoredImage, opts: SyncOptions) -> bool:
@@ -295,8 +312,7 @@ def backed_up_as_recorded(row: StoredImage, opts: SyncOptions) -> bool:
     item whose listing shows exactly its recorded pictures (``sync --all``), that is all there is to check."""
     if row.status != "ok" or not row.sha256:
         return False
-    relative = relative_path(row.ref, row.name)
-    key = opts.uploader.key_for(relative) if opts.uploader is not None else None
+    key = opts.uploader.key_for(relative_path(row.ref, row.name)) if opts.uploader is not None else None
     local, in_s3 = backup_state(row, key, opts)
     if opts.keep_local and not local:
         return False
