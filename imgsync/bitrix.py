@@ -30,6 +30,7 @@ from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTime
 from . import __version__
 from .errors import (
     AuthError,
+    DeadlineReached,
     DownloadFailed,
     ImageDenied,
     ImageError,
@@ -699,6 +700,10 @@ class Client:
         self.stop = stop or threading.Event()
         self._clock = clock
         self._injected_sleep = sleep
+        #: When the run must stop taking work (``time.monotonic()``; None: never). Every wait of the client
+        #: (the bucket, the operating-time budget, retries) ends there, and no request leaves after it:
+        #: :class:`DeadlineReached`. Set by the sync for ``--max-duration``.
+        self.deadline: float | None = None
         self.bucket = LeakyBucket(rate_limit, burst, sleep=self._sleep)
         # Per-method operating time (limits.md): slow a method down before the portal answers 429.
         self.operating = OperatingBudget(
@@ -744,14 +749,26 @@ class Client:
 
     # -- pacing and sleeping ------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
-        """The one sleep of the client: ends early, raising :class:`Interrupted`, when the run is stopped."""
+        """The one sleep of the client: ends early, raising :class:`Interrupted`, when the run is stopped, and
+        :class:`DeadlineReached` when the run's deadline passes during the wait (it waits no longer)."""
+        deadline = self.deadline
+        cut = False
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if seconds >= left:
+                seconds, cut = max(0.0, left), True
         if self._injected_sleep is not None:
             if self.stop.is_set():
                 raise Interrupted("interrupted")
             self._injected_sleep(seconds)
-            return
-        if self.stop.wait(seconds):
+        elif self.stop.wait(seconds):
             raise Interrupted("interrupted")
+        if cut:
+            raise DeadlineReached("the run's --max-duration passed while a request waited for its turn")
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineReached("the run's --max-duration has passed: no new request is sent")
 
     def _pause(self, exc: TransientError, attempt: int, what: str) -> None:
         """Wait before retrying after ``exc``: as long as the portal asked, else a backoff with jitter."""
@@ -776,6 +793,7 @@ class Client:
         """One HTTP request through the bucket; ``requests`` failures become ours (:func:`_translate`)."""
         if self.stop.is_set():
             raise Interrupted("interrupted")
+        self._check_deadline()
         self.bucket.acquire()
         with self._count_lock:
             self.requests_sent += 1
@@ -978,8 +996,14 @@ class Client:
                 for n, (pid, at) in enumerate(start.items())
             }
             by_key = dict(zip(commands, start, strict=True))
+            try:
+                answers = self.batch(commands)
+            except DeadlineReached:
+                if _page == 0:
+                    raise
+                break  # the pages still to read stay unread: those listings are incomplete
             asked, start = start, {}
-            for key, answer in self.batch(commands).items():
+            for key, answer in answers.items():
                 pid = by_key[key]
                 if isinstance(answer.value, ImageError):
                     out[pid] = answer.value
@@ -1058,8 +1082,13 @@ class Client:
             counts: dict[str, int] = {}
             for key in pending:
                 counts[methods[key]] = counts.get(methods[key], 0) + 1
-            with self.operating.reserve(counts, self._sleep):
-                data = self.call("batch", {"halt": 1 if chained else 0, "cmd": pending})
+            try:
+                with self.operating.reserve(counts, self._sleep):
+                    data = self.call("batch", {"halt": 1 if chained else 0, "cmd": pending})
+            except DeadlineReached as exc:
+                if not out:
+                    raise  # nothing answered: the whole batch is deferred
+                return self._deferred(out, pending, exc, chained)
             result = data.get("result")
             results = _section(result, "result")
             errors = _section(result, "result_error")
@@ -1093,7 +1122,10 @@ class Client:
                                 retry_later = dict(pending)
                                 worst = err
                                 break
-                            self._pause(err, attempt, f"a chain of {len(pending)} batch commands")
+                            try:
+                                self._pause(err, attempt, f"a chain of {len(pending)} batch commands")
+                            except DeadlineReached as exc:
+                                return self._deferred(out, {key: command}, exc, chained)
                             out[key] = Answer(err)
                         else:
                             out[key] = Answer(_as_image_error(err))
@@ -1113,9 +1145,28 @@ class Client:
                     out[key] = Answer(ImageError("the batch answer has no result for this command"))
             pending = retry_later
             if pending and worst is not None:
-                self._pause(worst, attempt, f"{len(pending)} batch commands")
+                try:
+                    self._pause(worst, attempt, f"{len(pending)} batch commands")
+                except DeadlineReached as exc:
+                    if not out:
+                        raise
+                    # What the portal did answer is kept (an unchanged image needs no more work); only the
+                    # commands still waiting for their turn are deferred.
+                    return self._deferred(out, pending, exc, chained)
         for key in pending:
             out[key] = Answer(ImageError("the portal kept failing this command"))
+            if chained:
+                break
+        return out
+
+    @staticmethod
+    def _deferred(
+        out: dict[str, Answer], pending: Mapping[str, str], exc: DeadlineReached, chained: bool
+    ) -> dict[str, Answer]:
+        """``out`` with the commands not run by the deadline answered :class:`DeadlineReached` (a chain:
+        its first one, where the caller stops)."""
+        for key in pending:
+            out[key] = Answer(exc)
             if chained:
                 break
         return out

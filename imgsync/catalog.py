@@ -38,12 +38,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .bitrix import BATCH_SIZE, Client
-from .errors import AuthError, ImageDenied, ImageError, ImgsyncError, TransientError
+from .errors import AuthError, DeadlineReached, ImageDenied, ImageError, ImgsyncError, TransientError
 from .models import ListedItem
 
 __all__ = [
@@ -186,6 +186,8 @@ def _small_list(client: Client, method: str, key: str, params: dict[str, Any]) -
     for _ in range(_MAX_SMALL_PAGES):
         try:
             data = client.call(method, {**params, "start": start})
+        except DeadlineReached:
+            raise
         except ImageError as exc:
             raise _refused(method, exc) from None
         result = data.get("result")
@@ -330,6 +332,11 @@ class CatalogListing:
     duplicates: int = 0
     batches: int = 0
     problems: list[str] = field(default_factory=list)
+    #: Asked before each request: true stops the listing there (a cap of the run), ``capped`` then set.
+    stop: Callable[[], bool] | None = None
+    #: The listing stopped early for a cap (``stop``, or the run's deadline during a wait): not complete,
+    #: not failed; nothing may be concluded from it.
+    capped: bool = False
     _page_seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -339,11 +346,27 @@ class CatalogListing:
     def pages(self) -> Iterator[list[ListedItem]]:
         """Yield the items a page at a time (up to 50, ids ascending within a catalog, no id twice).
 
-        Ends normally only when the listing is complete; otherwise raises :class:`ListingIncomplete`
-        after the last page it got. :class:`~imgsync.errors.AuthError`, :class:`PortalUnavailable` and
-        :class:`Interrupted` from the client pass through (the listing is incomplete then, too).
+        Ends normally when the listing is complete, or (``capped`` set, ``complete`` false) when a cap stopped
+        it between two requests; otherwise raises :class:`ListingIncomplete` after the last page it got.
+        :class:`~imgsync.errors.AuthError`, :class:`PortalUnavailable` and :class:`Interrupted` from the
+        client pass through (the listing is incomplete then, too).
         """
-        self.complete = False
+        self.complete = self.capped = False
+        try:
+            yield from self._pages()
+        except DeadlineReached:
+            self.capped = True
+            log.info("the catalog listing stopped at the run's deadline after %d items", self.items)
+
+    def _stopped(self) -> bool:
+        if self.capped or (self.stop is not None and self.stop()):
+            self.capped = True
+            log.info("the catalog listing stopped at a cap after %d items", self.items)
+        return self.capped
+
+    def _pages(self) -> Iterator[list[ListedItem]]:
+        if self._stopped():
+            return
         if self.catalogs is None:
             self.catalogs = list_catalogs(self.client)
         if self.properties is None:
@@ -361,6 +384,8 @@ class CatalogListing:
         seen = _SeenIds() if len(cursors) > 1 else None
         try:
             while active := [c for c in cursors if not c.done]:
+                if self._stopped():
+                    return
                 for page in self._round(active):
                     if seen is not None:
                         fresh = seen.new(page)
@@ -439,6 +464,9 @@ class CatalogListing:
     def _page(self, cursor: _Cursor, value: Any, first: bool, total: int | None) -> list[ListedItem] | None:
         """Read one answer into the cursor; the page's items, or None when the chain stops here."""
         where = f"{LIST_METHOD} of catalog {cursor.catalog.iblock_id} after id {cursor.last}"
+        if isinstance(value, DeadlineReached):
+            self.capped = True  # not run: the listing ends here, neither complete nor failed
+            return None
         if isinstance(value, TransientError):
             log.info("%s: %s; continuing from there", where, value.message)
             return None  # not run: the next batch asks this page again

@@ -25,7 +25,9 @@
     │   ├── ImageGone                          the portal says the product or image is not found
     │   ├── ImageDenied                        no permission to read that product
     │   ├── LinkRefused                        a download link was refused (401/403/404): fetch anew
-    │   └── DownloadFailed                     the download did not complete or did not verify
+    │   ├── DownloadFailed                     the download did not complete or did not verify
+    │   └── DeadlineReached                    --max-duration passed while the request waited: not sent,
+    │                                          the image is deferred (never a failure)
     └── UploadError                            one S3 upload failed; the run goes on
         ├── LocalFileChanged                   the file is not the recorded bytes: not uploaded
         └── S3SetupError          exit 2/3 the bucket is missing or the credentials are refused
@@ -212,6 +214,13 @@ class LinkRefused(ImageError):
 
 class DownloadFailed(ImageError):
     """The download failed."""
+
+
+class DeadlineReached(ImageError):
+    """The run's deadline (--max-duration) passed while a request waited for its turn: it was not sent.
+
+    Not a failure: the work it belonged to is deferred to the next run. An :class:`ImageError` so that, as the
+    answer of one command of a batch, it stays with that command's image."""
 
 
 class UploadError(ImgsyncError):

@@ -335,6 +335,8 @@ class _PrivateSet(Generic[T]):
 
     def _has(self, value: T) -> bool:
         self._flush()
+        if not self._unique:  # asked once per listed image by sync --all: no query for an empty set
+            return False
         row = self._db.execute(f"SELECT 1 FROM items WHERE {self._where}", self._row(value)).fetchone()
         return row is not None
 

@@ -253,7 +253,13 @@ def run_sync(
             stack.callback(store.prune_events, settings.keep_events_days)
         catalog = (
             catalog_chunks(
-                client, store, opts, pairs, deep=request.deep, done=products if len(products) else ()
+                client,
+                store,
+                opts,
+                pairs,
+                deep=request.deep,
+                done=products if len(products) else (),
+                cap=syncer.turn_away,
             )
             if request.all
             else None
@@ -333,6 +339,7 @@ def catalog_chunks(
     *,
     deep: bool,
     done: Container[int] = (),
+    cap: Callable[[], str | None] | None = None,
 ) -> Generator[ProductChunk | PlannedChunk, None, None]:
     """``sync --all``: the catalog's listing, page by page, turned into work (notes §12).
 
@@ -344,9 +351,17 @@ def catalog_chunks(
 
     Items in ``done`` (named with ``--product``/``--products-file``, whose images the run lists on their own)
     are recorded as listed but given no work here: each product is done once.
+
+    ``cap`` (the run's caps, :meth:`Syncer.turn_away`) is asked before every request of the listing: pages are
+    work too. A listing stopped by a cap ends the chunks there; what it listed is recorded, nothing is marked
+    gone (the listing is not complete).
     """
     # The catalogs listed before: a listing that lost one of them (or all its items) is incomplete.
-    listing = CatalogListing(client, expected=store.listed_catalogs())
+    listing = CatalogListing(
+        client,
+        expected=store.listed_catalogs(),
+        stop=(lambda: cap() is not None) if cap is not None else None,
+    )
     # To the microsecond: what this listing did not touch is what an earlier one listed, even a second ago.
     seen_since = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     compared = mismatched = 0
@@ -379,6 +394,13 @@ def catalog_chunks(
         log.error("the catalog listing is incomplete (%s): nothing is marked missing", exc.message)
         yield PlannedChunk(
             (Plan(ImageRef(0, 0), Action.FAILED, f"catalog listing incomplete: {exc.message}"),)
+        )
+        return
+    if listing.capped:
+        if cap is not None:
+            cap()  # the deadline passed during a wait: the run is capped (exit 5)
+        log.warning(
+            "the catalog listing stopped at a cap after %d items: nothing is marked missing", listing.items
         )
         return
     if compared and mismatched == compared:

@@ -441,29 +441,24 @@ class Store:
     def _save(self, run_id: int | None, outcomes: Iterable[Outcome]) -> None:
         now = utcnow()
         events: list[tuple[Any, ...]] = []
+        # Consecutive rows that set the same columns share one executemany (in order, so a later outcome of
+        # the same image still wins): a warm run's unchanged images cost one statement per flush, not per row.
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for outcome in outcomes:
+            row = _columns(outcome, now)
+            if row is not None:
+                sql = _upsert(tuple(row))
+                if runs and runs[-1][0] is sql:
+                    runs[-1][1].append(tuple(row.values()))
+                else:
+                    runs.append((sql, [tuple(row.values())]))
+            if run_id is not None:
+                ref = outcome.ref
+                for action, detail in _events(outcome):
+                    events.append((run_id, ref.product_id, ref.image_id, str(action), detail, now))
         with self._writing() as conn:
-            for outcome in outcomes:
-                row = _columns(outcome, now)
-                if row is not None:
-                    cols = list(row)
-                    updates = ", ".join(
-                        f"{c} = coalesce(images.{c}, excluded.{c})"
-                        if c == "first_synced_at"
-                        else _KEEP_MISSING_SINCE
-                        if c == "missing_since"
-                        else f"{c} = excluded.{c}"
-                        for c in cols
-                        if c not in ("product_id", "image_id")
-                    )
-                    conn.execute(
-                        f"insert into images ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
-                        f"on conflict(product_id, image_id) do update set {updates}",
-                        list(row.values()),
-                    )
-                if run_id is not None:
-                    ref = outcome.ref
-                    for action, detail in _events(outcome):
-                        events.append((run_id, ref.product_id, ref.image_id, str(action), detail, now))
+            for sql, values in runs:
+                conn.executemany(sql, values)
             conn.executemany(
                 "insert into events (run_id, product_id, image_id, action, detail, at) values (?, ?, ?, ?, ?, ?)",
                 events,
@@ -1079,6 +1074,30 @@ _KEEP_MISSING_SINCE = (
 )
 
 _REPLACING = "a newer version was being downloaded when the run stopped"
+
+
+_UPSERTS: dict[tuple[str, ...], str] = {}
+
+
+def _upsert(cols: tuple[str, ...]) -> str:
+    """The ``insert ... on conflict do update`` of an ``images`` row setting ``cols`` (built once per column set)."""
+    sql = _UPSERTS.get(cols)
+    if sql is None:
+        updates = ", ".join(
+            f"{c} = coalesce(images.{c}, excluded.{c})"
+            if c == "first_synced_at"
+            else _KEEP_MISSING_SINCE
+            if c == "missing_since"
+            else f"{c} = excluded.{c}"
+            for c in cols
+            if c not in ("product_id", "image_id")
+        )
+        sql = _UPSERTS.setdefault(
+            cols,
+            f"insert into images ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
+            f"on conflict(product_id, image_id) do update set {updates}",
+        )
+    return sql
 
 
 def _stored(row: dict[str, Any]) -> StoredImage:

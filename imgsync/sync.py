@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .bitrix import BATCH_SIZE, Body, Client, Listing
-from .download import file_matches, relative_path, resolve_inside, save_stream
+from .download import NotPlain, file_matches, relative_path, resolve_inside, save_stream, size_inside
 from .errors import (
+    DeadlineReached,
     DownloadFailed,
     ImageError,
     ImageGone,
@@ -114,6 +115,13 @@ class SyncOptions:
     max_duration_s: float | None = None
     max_downloads: int | None = None
     max_bytes: int | None = None
+    _root: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def dest_root(self) -> str:
+        """``dest``, resolved once per run (the skip rule checks every image's file under it)."""
+        if self._root is None:
+            self._root = str(self.dest.resolve())
+        return self._root
 
 
 @dataclass(frozen=True)
@@ -294,10 +302,20 @@ def decide(
 
 def backup_state(row: StoredImage, key: str | None, opts: SyncOptions) -> tuple[bool, bool]:
     """(the local file is there with the recorded size, the recorded S3 object is the one at ``key``)."""
-    local_file = inside_dest(opts.dest, row.local_path)
-    local = local_file is not None and file_matches(local_file, row.size)
+    local = _local_present(opts, row.local_path, row.size)
     in_s3 = row.s3 is not None and row.s3.sha256 == row.sha256 and row.s3.key == key
     return local, in_s3
+
+
+def _local_present(opts: SyncOptions, relative: str | None, size: int | None) -> bool:
+    """The row's local file is there under dest with the recorded size (``file_matches(inside_dest(...))``)."""
+    if size is None or not relative or not isinstance(relative, str):
+        return False
+    try:
+        return size_inside(opts.dest_root(), relative) == size
+    except NotPlain:
+        local_file = inside_dest(opts.dest, relative)
+        return local_file is not None and file_matches(local_file, size)
 
 
 def backed_up_as_recorded(row: StoredImage, opts: SyncOptions) -> bool:
@@ -305,8 +323,7 @@ def backed_up_as_recorded(row: StoredImage, opts: SyncOptions) -> bool:
     item whose listing shows exactly its recorded pictures (``sync --all``), that is all there is to check."""
     if row.status != "ok" or not row.sha256:
         return False
-    relative = relative_path(row.ref, row.name)
-    key = opts.uploader.key_for(relative) if opts.uploader is not None else None
+    key = opts.uploader.key_for(relative_path(row.ref, row.name)) if opts.uploader is not None else None
     local, in_s3 = backup_state(row, key, opts)
     if opts.keep_local and not local:
         return False
@@ -361,6 +378,9 @@ class Syncer:
         dry = self.opts.dry_run
         if not dry:
             self.summary.run_id = self.store.start_run()
+            if self.opts.max_duration_s is not None:
+                # One deadline for every wait: a request paced past it is not sent (DeadlineReached).
+                self.client.deadline = started + self.opts.max_duration_s
         try:
             self._pipeline(iter(chunks))
         except ImgsyncError as exc:
@@ -386,6 +406,7 @@ class Syncer:
             internal.summary = self.summary
             raise internal from exc
         finally:
+            self.client.deadline = None
             # The run's last bookkeeping: a second signal must not cut it short (it is stopping anyway).
             with self._critical(reraise=False):
                 self._finish(started, total, dry)
@@ -435,6 +456,18 @@ class Syncer:
         if opts.max_duration_s is not None and time.monotonic() - self._started >= opts.max_duration_s:
             return f"--max-duration {opts.max_duration_s:g}s"
         return None
+
+    def turn_away(self) -> str | None:
+        """The cap that forbids the next piece of work a chunk source would do itself (a page of the catalog
+        listing), or None; a cap named here stops the run (exit 5)."""
+        cap = self._cap()
+        if cap is not None:
+            self.capped = cap
+        return cap
+
+    def _deadline_passed(self) -> None:
+        """A request was not sent because the deadline passed while it waited: the run is capped."""
+        self.capped = self._cap() or f"--max-duration {self.opts.max_duration_s:g}s"
 
     def _stop_code(self, default: int) -> int:
         """The exit code a stop request carries (128 + the signal), or ``default``."""
@@ -508,6 +541,9 @@ class Syncer:
         found: dict[ImageRef, PortalImage | ImageError] = {}
         extra: list[Plan] = []
         for pid, listing in result.listings.items():
+            if isinstance(listing, DeadlineReached):
+                self._deadline_passed()  # not listed: its images are left for the next run
+                continue
             if isinstance(listing, ImageGone):
                 # A deleted product is no failure: its recorded images are missing, their backups kept.
                 gone = list(gone_product(self.store, pid, item.skip))
@@ -566,7 +602,11 @@ class Syncer:
                     and len(work) + self._expected * len(meta) < backlog_limit
                     and len(work) + BATCH_SIZE * len(meta) < worst_limit
                 ):
-                    chunk = next(chunks, None)
+                    try:
+                        chunk = next(chunks, None)
+                    except DeadlineReached:
+                        self._deadline_passed()
+                        chunk = None
                     if chunk is None:
                         exhausted = True
                         break
@@ -574,6 +614,11 @@ class Syncer:
                         self.progress_extend(len(chunk.plans))
                         for plan in chunk.plans:
                             self._handle_plan(plan, (work, work_pool))
+                        # Recorded as they come (a warm --all is nothing but these): memory stays flat, and
+                        # a run killed mid-listing keeps what it did.
+                        self._flush()
+                        if self.stop.is_set():
+                            raise Interrupted("interrupted")
                         continue
                     cap = self._cap()
                     if cap is not None:
@@ -600,7 +645,15 @@ class Syncer:
                 done, _ = wait([*head, *work], timeout=0.5, return_when=FIRST_COMPLETED)
                 while meta and (first := next(iter(meta))).done():
                     item = meta.pop(first)
-                    refs, found = self._unpack(item, first.result(), (work, work_pool))
+                    try:
+                        answered = first.result()
+                    except DeadlineReached:
+                        # Not sent: the deadline passed while it waited for its turn. Left for the next run.
+                        self._deadline_passed()
+                        if not isinstance(item, ProductChunk):
+                            self.summary.deferred += len(item)
+                        continue
+                    refs, found = self._unpack(item, answered, (work, work_pool))
                     self._plan_chunk(refs, found, work, work_pool)
                 for fut in done:
                     if fut in work:
@@ -609,6 +662,10 @@ class Syncer:
                             outcome = fut.result()
                         except _Deferred as deferred:
                             self.capped = deferred.cap
+                            self.summary.deferred += 1
+                            continue
+                        except DeadlineReached:
+                            self._deadline_passed()
                             self.summary.deferred += 1
                             continue
                         except ImgsyncError as exc:
@@ -643,10 +700,16 @@ class Syncer:
         pool: ThreadPoolExecutor,
     ) -> None:
         rows = self.store.rows_for(chunk)
-        plans = [
-            decide(ref, found.get(ref) or ImageError("no answer from the portal"), rows.get(ref), self.opts)
-            for ref in chunk
-        ]
+        plans = []
+        for ref in chunk:
+            answer = found.get(ref) or ImageError("no answer from the portal")
+            if isinstance(answer, DeadlineReached):
+                # Its command was still waiting for its turn at the deadline: the batch's other answers are
+                # used, this image is left for the next run.
+                self._deadline_passed()
+                self.summary.deferred += 1
+                continue
+            plans.append(decide(ref, answer, rows.get(ref), self.opts))
         self._expected = max(1, sum(plan.action in (Action.DOWNLOAD, Action.UPLOAD) for plan in plans))
         for plan in plans:
             self._handle_plan(plan, (work, pool))
@@ -797,6 +860,9 @@ class Syncer:
         self._downloads_started += 1
         try:
             return self._download(replace(plan, action=Action.DOWNLOAD, reason="local file damaged"))
+        except DeadlineReached:
+            cap = self._cap() or f"--max-duration {self.opts.max_duration_s:g}s"
+            return replace(failed, upload_error=f"{damaged}; not downloaded again ({cap} reached)")
         except ImgsyncError as exc:
             if exc.fatal or isinstance(exc, ImageGone):
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 
 import pytest
 
@@ -163,3 +164,69 @@ def test_capped_runs_take_what_was_never_backed_up_first(env: Env, mode: str) ->
         assert codes == [5, 5, 0]
         assert {r["status"] for r in env.rows()} == {"ok"}
         consistent(env, portal)
+
+
+# -- caps end the night on time: every wait of the client ends at the deadline ------------------------------
+# Upper bounds only, with a margin for a loaded 2-core machine: the old code overran each by tens of seconds.
+MARGIN_S = 10.0
+
+
+def test_a_run_paced_by_the_bucket_ends_at_max_duration(env: Env) -> None:
+    """At 0.1 requests/s each download waits ~10 s more than the one before it in the client's bucket: those
+    waits end at the cap, the requests are not sent, and their images are deferred."""
+    catalog = make_catalog(products=4, images_per_product=5, min_size=200, max_size=2000, seed=37)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        pairs = all_pairs(portal)
+        began = time.monotonic()
+        result = invoke(
+            env.args(
+                portal,
+                "--json",
+                "--rate-limit",
+                "0.1",
+                "--burst",
+                "2",
+                "--workers",
+                "4",
+                "--max-duration",
+                "3s",
+                *pairs,
+            )
+        )
+        elapsed = time.monotonic() - began
+        assert result.exit_code == 5, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["complete"] is False and summary["failed"] == 0
+        assert summary["deferred"] == len(pairs) - summary["requested"] > 0
+        assert elapsed < 3 + MARGIN_S and summary["duration_s"] < 3 + MARGIN_S
+        assert "--max-duration 3s reached" in result.stderr
+        rows = consistent(env, portal)
+        assert len([r for r in rows if r["status"] == "ok"]) == summary["downloaded"]
+        assert not [r for r in rows if r["status"] == "failed"]  # deferred work is never marked failed
+
+
+def test_an_operating_time_block_longer_than_the_cap_does_not_hold_the_run(env: Env) -> None:
+    """The portal blocks catalog.productImage.get for 60 s (429 OPERATION_TIME_LIMIT with its reset time): the
+    client waits for the reset only until the cap, then the run ends with exit 5, nothing failed."""
+    catalog = make_catalog(products=3, images_per_product=4, min_size=200, max_size=2000, seed=38)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        pairs = all_pairs(portal)
+        portal.operation_limit(60.0, "catalog.productImage.get")
+        began = time.monotonic()
+        result = invoke(env.args(portal, "--json", "--max-duration", "3s", *pairs))
+        elapsed = time.monotonic() - began
+        portal.operation_limit(0, "catalog.productImage.get")
+        assert result.exit_code == 5, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["complete"] is False and summary["failed"] == 0 and summary["downloaded"] == 0
+        assert summary["deferred"] == len(pairs)
+        assert elapsed < 3 + MARGIN_S
+        assert portal.stats.rejected_429 > 0
+        assert env.rows() == []  # nothing recorded for work that never started
+        (run,) = env.rows("runs")
+        assert run["exit_code"] == 5
+
+        # The next run (the block lifted) backs everything up.
+        result = invoke(env.args(portal, "--json", *pairs))
+        assert result.exit_code == 0, result.stderr
+        assert summary_of(result.stdout)["downloaded"] == len(pairs)

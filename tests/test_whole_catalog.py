@@ -4,6 +4,7 @@ every image backed up once, a warm run at the cost of the listing alone, changes
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,34 @@ def test_dry_run_all_changes_nothing(env: Env, shop: Portal) -> None:
         assert {p["action"] for p in summary["plan"]} == {"download"}
         assert not env.db.exists() and not env.dest.exists()
         assert portal.stats.downloads_served == 0
+
+
+def test_a_warm_all_stops_between_pages_at_max_duration(env: Env) -> None:
+    """Listing pages are work: paced at one request every ~3 s, a warm --all capped at 7.5 s lists the catalogs
+    and the first pages (t = 0, 3, 6 s), then its wait for the next chain ends at the cap. What it listed is
+    recorded, nothing is marked gone or missing (the listing is not complete), exit 5."""
+    items, images = make_store_catalog(
+        120, parents=10, variations_per_parent=2, images_per_item=1, min_size=100, max_size=300, seed=5
+    )
+    with Portal(images, items=items, rate_limit=1000.0, burst=1000) as portal:
+        assert invoke(env.args(portal, "--all")).exit_code == 0
+        checked = {(r["product_id"], r["image_id"]): r["last_checked_at"] for r in env.rows()}
+        began = time.monotonic()
+        result = invoke(
+            env.args(
+                portal, "--json", "--all", "--rate-limit", "0.333", "--burst", "2", "--max-duration", "7.5s"
+            )
+        )
+        elapsed = time.monotonic() - began
+        assert result.exit_code == 5, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["complete"] is False and summary["failed"] == 0 and summary["missing"] == 0
+        assert 0 < summary["unchanged"] < len(images)
+        assert elapsed < 7.5 + 10
+        rows = env.rows()
+        assert {r["status"] for r in rows} == {"ok"}
+        # Recorded as it went: exactly the images of the pages it listed were checked by this run.
+        rechecked = [r for r in rows if r["last_checked_at"] != checked[(r["product_id"], r["image_id"])]]
+        assert len(rechecked) == summary["unchanged"]
+        assert {p["status"] for p in env.rows("products")} == {"listed"}
+        assert [r["exit_code"] for r in env.rows("runs")] == [0, 5]
