@@ -336,8 +336,8 @@ def run(p: Profile, folder: Path, *, naive: bool = True) -> list[Result]:
     return results
 
 
-def report(p: Profile, results: list[Result]) -> str:
-    """The Markdown lines for docs/benchmarks.md."""
+def report(p: Profile, results: list[Result], options: str = "") -> str:
+    """The Markdown lines for docs/benchmarks.md (``options``: the command line's, for the last line)."""
     must = must_split(p)
     lines = [
         f"{p.images} images of {p.size:,} bytes in {math.ceil(p.images / IMAGES_PER_PRODUCT)} products, matched "
@@ -364,7 +364,7 @@ def report(p: Profile, results: list[Result]) -> str:
         lines += ["", f"imgsync/naive time ratio: {by['imgsync'].wall_s / by['naive'].wall_s:.2f}."]
     lines += [
         "",
-        f"Made by `python -m bench.migrate --images {p.images}` on {datetime.now():%Y-%m-%d %H:%M} "
+        f"Made by `python -m bench.migrate {options or f'--images {p.images}'}` on {datetime.now():%Y-%m-%d %H:%M} "
         f"({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}).",
     ]
     return "\n".join(lines)
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(out))
     else:
-        print(report(p, results))
+        print(report(p, results, " ".join(sys.argv[1:] if argv is None else argv)))
     return 0 if all(r.checked and r.exit_code == 0 for r in results) else 1
 
 
