@@ -788,6 +788,11 @@ class Client:
             log.info("retrying %s in %.1f s: %s", what, wait, exc.message)
         self._sleep(wait)
 
+    def wait_before_retry(self, exc: TransientError, attempt: int, what: str) -> None:
+        """Wait as the portal asked (or back off) before sending again what ``exc`` proved was not run:
+        for callers that resend themselves (the adds of a restore, which are never resent blindly)."""
+        self._pause(exc, attempt, what)
+
     # -- the one request path -----------------------------------------------------------------------
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         """One HTTP request through the bucket; ``requests`` failures become ours (:func:`_translate`)."""
@@ -1209,6 +1214,9 @@ class Client:
                 err = classify(0, payload)
                 if err.fatal:
                     raise err
+                if isinstance(err, OperationTimeLimit):
+                    # This command's own answer says when the block lifts (as in batch()).
+                    err.reset_at = _unix_time(payload.get("operating_reset_at")) or self._reset_at
                 if isinstance(err, TransientError) and err.code.upper() not in _NOT_RUN:
                     # e.g. INTERNAL_SERVER_ERROR inside the batch: the add may have been made.
                     raise SendUnknown(f"{method} in a batch: {err.message}; it may have been run")

@@ -548,3 +548,24 @@ def test_two_backups_of_one_slot_restore_the_newest_and_leave_the_other(
     assert portal.stats.adds == 3
     slot = [h for _, t, h in portal.gallery(pid) if t == "DETAIL_PICTURE"]
     assert slot == [content[details[-1]]]
+
+
+def test_adds_refused_by_the_time_limit_wait_and_go_again(
+    renv: Env, gallery_portal: Portal, isolated: Path
+) -> None:
+    """A batch whose adds the portal refuses as not run (OPERATION_TIME_LIMIT) waits for the limit to lift and
+    sends them again, in order (before: they went to the next round at once, met the same block, and failed)."""
+    (isolated / "imgsync.toml").write_text(FAST_CONFIG)  # the default request limit: several adds a batch
+    portal = gallery_portal
+    content = synced(renv, portal)
+    gone = more_photos(portal)
+    lose(renv, portal, *gone)
+    portal.operation_limit(1.5, method="catalog.productImage.add")
+    result = invoke(restore_args(renv, portal, "--missing", "--json"))
+    assert result.exit_code == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert (summary["restored"], summary["failed"]) == (len(gone), 0)
+    assert summary["retries"] >= 1
+    assert portal.stats.adds == len(gone)
+    for ref in gone:
+        assert shas_on(portal, ref[0]).count(content[ref]) == 1

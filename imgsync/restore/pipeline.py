@@ -83,6 +83,7 @@ class _Add:
     target: int
     content: bytes
     entry: int = 0
+    tries: int = 0  # times the portal refused it as not run
 
 
 class Restorer:
@@ -455,18 +456,37 @@ class Restorer:
                 )
                 again |= {a.target for a in batch}
                 continue
+            refused: list[tuple[_Add, TransientError]] = []
             for add, result in zip(batch, results, strict=True):
                 if isinstance(result, PortalImage):
                     self.store.journal_finish(add.entry, new_image_id=result.image_id)
                     self._verify(add, result)
                 elif isinstance(result, TransientError):
+                    # Proven not run (the time limit's 429, the bucket's 503): sent again after the wait the
+                    # portal asks for, in order, a bounded number of times.
                     self.store.journal_finish(add.entry, error=f"not run: {result.message}")
-                    again.add(add.target)
+                    refused.append((add, result))
                 elif isinstance(result, SendUnknown):
                     again.add(add.target)  # the journal row stays "sent"
                 else:
                     self.store.journal_finish(add.entry, error=result.message)
                     self._fail(add.row, f"the portal refused the add: {result.message}")
+            if refused:
+                retry: list[_Add] = []
+                for add, why in refused:
+                    add.tries += 1
+                    if add.tries >= self.client.retry.attempts:
+                        self._fail(
+                            add.row, f"the portal kept refusing the add ({add.tries} times): {why.message}"
+                        )
+                    else:
+                        retry.append(add)
+                if retry:
+                    worst = next(
+                        (w for _, w in refused if w.retry_after(time.time()) is not None), refused[0][1]
+                    )
+                    self.client.wait_before_retry(worst, max(a.tries for a in retry), f"{len(retry)} adds")
+                    queue[:0] = retry
         return again
 
     def _send_batch(self, batch: Sequence[_Add]) -> Sequence[PortalImage | ImgsyncError]:
