@@ -269,7 +269,7 @@ def test_product_image_pages_are_followed_and_an_unfinished_listing_says_so() ->
     assert [img.image_id for img in listing.images] == [1, 2, 3, 4, 5] and listing.complete
     assert len(session.sent) == 3
 
-    import imgsync.bitrix as bitrix
+    import imgsync.bitrix.images as bitrix
 
     old, bitrix.MAX_LIST_PAGES = bitrix.MAX_LIST_PAGES, 2
     try:
