@@ -53,6 +53,14 @@ _AUTH_HINTS: dict[str, str] = {
 _TRANSIENT = {"query_limit_exceeded", "internal_server_error", "error_unexpected_answer"}
 
 
+class Expired(TokenExpired):
+    """``expired_token``, with the credential that was sent: the one :meth:`~.auth.Auth.renew` replaces."""
+
+    def __init__(self, message: str | None = None, *, credential: str = "") -> None:
+        super().__init__(message)
+        self.credential = credential
+
+
 def classify(status: int, payload: Mapping[str, Any]) -> ImgsyncError:
     """Turn a portal error answer into an exception, by its ``error`` code first and its status second.
 

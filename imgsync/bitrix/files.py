@@ -16,6 +16,7 @@ import requests
 from ..errors import (
     DownloadFailed,
     ImageError,
+    ImgsyncError,
     Interrupted,
     LinkRefused,
     NotTheFile,
@@ -26,7 +27,7 @@ from ..errors import (
 from ..models import ImageRef, PortalImage
 from ..redact import redact_url
 from .auth import USER_AGENT
-from .errors import _translate
+from .errors import Expired, _translate
 from .images import _image_from_result
 from .transport import Transport, refuse_downgrade
 
@@ -97,10 +98,11 @@ NOT_THE_FILE_ATTEMPTS = 4
 
 
 class Downloads(Transport):
-    def get_image(self, ref: ImageRef) -> PortalImage:
-        """One ``catalog.productImage.get`` call (a fresh ``downloadUrl``)."""
-        data = self.call("catalog.productImage.get", {"productId": ref.product_id, "id": ref.image_id})
-        return _image_from_result(data.get("result"), ref)
+    def fresh_link(self, ref: ImageRef) -> PortalImage | None:
+        """One ``catalog.productImage.get`` (a fresh ``downloadUrl``), sent once: it is one step of a
+        download's attempt, and the download's budget retries it (None: the portal moved, ask again)."""
+        data = self.call_once("catalog.productImage.get", {"productId": ref.product_id, "id": ref.image_id})
+        return None if data is None else _image_from_result(data.get("result"), ref)
 
     # -- downloads ----------------------------------------------------------------------------------
     def download(self, image: PortalImage, write: Callable[[PortalImage, Body], T]) -> tuple[PortalImage, T]:
@@ -110,41 +112,63 @@ class Downloads(Transport):
         gets its token renewed; a broken, truncated or not-the-file answer is retried with backoff and a
         new link (a one-time link may be spent). ``write`` must leave nothing under a final name when it
         raises. Returns the image as last fetched (its name may have changed meanwhile).
+
+        One budget for the image (:meth:`~.transport.Transport.retrying`): at most ``retry.attempts``
+        attempts, each at most one ``catalog.productImage.get`` for a fresh link (sent once) and one GET of
+        the file, so one image costs at most ``2 * retry.attempts`` portal requests (16 by default), plus
+        the answers of a moved portal (at most 3 a run) and, with OAuth, the token renewals' own requests.
         """
         ref = image.ref
-        refreshed = False
-        attempt = renewals = pages = 0
-        while True:
-            log.debug("GET %s for %s", redact_url(image.download_url), ref)
-            try:
-                with self.open_download(image.download_url) as body:
-                    return image, write(image, body)
-            except TokenExpired:
-                # Not the link's fault: renew the credential it carries and take a new link.
-                renewals += 1
-                if renewals > self.retry.attempts:
-                    raise DownloadFailed("download links kept expiring with their access token") from None
-                used = parse_qs(urlsplit(image.download_url).query).get("auth", [""])[0]
-                self.auth.renew(used)
-                image = self.get_image(ref)
-            except LinkRefused as exc:
-                if refreshed:
-                    raise DownloadFailed(f"{exc.message}, again with a fresh link") from None
-                refreshed = True
-                image = self.get_image(ref)
-            except TransientError as exc:
-                attempt += 1
-                if isinstance(exc, NotTheFile):
-                    # A portal that keeps answering a login page will not stop soon: a few fresh links, then
-                    # the image fails (recorded as such; nothing of the page is kept).
-                    pages += 1
-                    if pages >= NOT_THE_FILE_ATTEMPTS:
-                        raise DownloadFailed(f"{exc.message}, {pages} times with fresh links") from None
-                if attempt >= self.retry.attempts:
-                    raise DownloadFailed(f"download failed after {attempt} attempts: {exc.message}") from None
-                self._pause(exc, attempt, f"the download of {ref}")
-                if exc.link_spent:
-                    image = self.get_image(ref)
+        current = image
+        need_link = False
+        refused = pages = 0
+        step = "file"  # what the attempt was doing when it failed: "link" (the get) or "file" (the GET)
+
+        def attempt(last: ImgsyncError | None) -> tuple[PortalImage, T]:
+            nonlocal current, need_link, step
+            if isinstance(last, Expired):
+                # Not the link's fault: renew the credential it carries (or the get's), then take a new link.
+                self.auth.renew(last.credential)
+            if isinstance(last, TokenExpired | LinkRefused) or (
+                isinstance(last, TransientError) and last.link_spent
+            ):
+                need_link = True  # a one-time link may be spent, or the link was refused
+            if need_link:
+                step = "link"
+                fresh = self.fresh_link(ref)
+                if fresh is None:
+                    fresh = self.fresh_link(ref)  # moved: once more, at the new address
+                if fresh is None:
+                    raise TransientError("the portal keeps moving", code="MOVED")
+                current, need_link, step = fresh, False, "file"
+            log.debug("GET %s for %s", redact_url(current.download_url), ref)
+            with self.open_download(current.download_url) as body:
+                return current, write(current, body)
+
+        def give_up(exc: ImgsyncError, n: int) -> ImgsyncError | None:
+            nonlocal refused, pages
+            if isinstance(exc, LinkRefused):
+                refused += 1
+                if refused > 1:
+                    return DownloadFailed(f"{exc.message}, again with a fresh link")
+            if isinstance(exc, NotTheFile):
+                # A portal that keeps answering a login page will not stop soon: a few fresh links, then the
+                # image fails (recorded as such; nothing of the page is kept).
+                pages += 1
+                if pages >= NOT_THE_FILE_ATTEMPTS:
+                    return DownloadFailed(f"{exc.message}, {pages} times with fresh links")
+            if n < self.retry.attempts:
+                return None
+            if step == "link":
+                # REST itself keeps failing: the run stops, as every call does (the image is not to blame).
+                return PortalUnavailable(
+                    f"the portal stayed unavailable after {n} attempts (catalog.productImage.get: {exc})"
+                )
+            if isinstance(exc, TokenExpired):
+                return DownloadFailed("download links kept expiring with their access token")
+            return DownloadFailed(f"download failed after {n} attempts: {exc.message}")
+
+        return self.retrying(f"the download of {ref}", attempt, give_up)
 
     @contextmanager
     def open_download(self, url: str, *, chunk_size: int = 256 * 1024) -> Iterator[Body]:
@@ -172,7 +196,10 @@ class Downloads(Transport):
                 # is said to have expired is refused like any other: a fresh link is fetched.
                 if code.lower() == "expired_token" and parse_qs(urlsplit(url).query).get("auth"):
                     # The link lives as long as the access token inside it: renew that token first.
-                    raise TokenExpired(f"download link refused: its access token expired (HTTP {status})")
+                    raise Expired(
+                        f"download link refused: its access token expired (HTTP {status})",
+                        credential=parse_qs(urlsplit(url).query).get("auth", [""])[0],
+                    )
                 raise LinkRefused(f"download link refused (HTTP {status}{' ' + code if code else ''})")
             if status == 503 or status == 429 or status >= 500:
                 if code.upper() == "OVERLOAD_LIMIT":

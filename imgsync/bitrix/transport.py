@@ -4,6 +4,16 @@ Every request, download links included, goes through :meth:`Transport._send` (th
 checked, a slot of the leaky bucket taken, ``requests`` failures translated by :func:`.errors._translate`).
 :meth:`Transport.call` sends a REST method: pacing by the operating-time budget, redirects of a moved
 portal, OAuth renewal, the answer parsed and classified, and every retry of the request.
+
+Retries live here and nowhere else: :meth:`Transport.call`'s loop for one REST call, and
+:meth:`Transport.retrying` for a request made of steps (a download: a fresh link, then the file), where
+what to do before the next attempt (renew, take a fresh link) is a decision the last error carries, not
+another loop. The most one image's download can cost, with ``A = retry.attempts`` (8 by default):
+``2 * A`` portal requests (16): ``A`` attempts, each at most one ``catalog.productImage.get`` sent once
+and one GET of the file; plus the 302s of a moved portal (at most 3 a run) and, with OAuth, each renewal's
+token requests (5 at most; the token endpoint is not the portal). Before this bound, ``download`` retried
+around ``get_image`` retried around ``call``: ``2A + 1`` GETs and ``2A`` gets of up to ``A`` requests
+each, 145 requests for one image (``tests/test_bitrix.py::test_one_image_costs_at_most_two_requests_an_attempt``).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -26,6 +36,7 @@ from ..errors import (
     DeadlineReached,
     ImgsyncError,
     Interrupted,
+    LinkRefused,
     OperationTimeLimit,
     PortalAddressError,
     PortalUnavailable,
@@ -36,10 +47,12 @@ from ..errors import (
 )
 from ..redact import redact_url
 from .auth import USER_AGENT, Auth, OAuth
-from .errors import _NOT_RUN, UNREACHABLE, _translate, classify
+from .errors import _NOT_RUN, UNREACHABLE, Expired, _translate, classify
 from .pacing import LeakyBucket, OperatingBudget, RetryPolicy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _Downgrade(Exception):
@@ -232,33 +245,16 @@ class Transport:
         unreachable = 0
         last: ImgsyncError | None = None
         for attempt in range(self.retry.attempts):
-            body, credential = self.auth.apply(dict(params or {}))
-            url = self.auth.method_url(method)
             try:
-                # The outer batch is not counted in operating time: batch() paces its commands itself.
-                with self.operating.reserve({} if method == "batch" else {method: 1}, self._sleep):
-                    resp = self._send(
-                        "POST",
-                        url,
-                        json=body,
-                        headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-                        allow_redirects=False,
-                    )
-                    if resp.status_code in _REDIRECTS:
-                        self._follow_move(url, resp)
-                        continue
-                    if resp.status_code == 413:
-                        resp.close()
-                        raise RequestTooLarge(f"HTTP 413 for a {method} request of {_body_size(body)} bytes")
-                    data = self._parse(resp)
-                if method != "batch":
-                    self.operating.note(method, data.get("time"))
+                data = self.call_once(method, params)
+                if data is None:
+                    continue  # the portal moved: the same call again at its new address
                 return data
-            except TokenExpired as exc:
+            except Expired as exc:
                 # Twice: a pair taken over from another process may have expired too, and is renewed then.
                 if renewals >= 2:
                     raise AuthError(f"the portal refused the freshly renewed token ({exc})") from None
-                self.auth.renew(credential)
+                self.auth.renew(exc.credential)
                 renewals += 1
                 continue
             except TransientError as exc:
@@ -269,7 +265,7 @@ class Transport:
                 last = exc
                 unreachable = unreachable + 1 if exc.code == UNREACHABLE else 0
                 if unreachable >= UNREACHABLE_ATTEMPTS:
-                    parts = urlsplit(url)
+                    parts = urlsplit(self.auth.method_url(method))
                     raise PortalUnavailable(
                         f"the portal cannot be reached at {parts.hostname}:"
                         f"{parts.port or (443 if parts.scheme == 'https' else 80)} ({exc.message})"
@@ -278,6 +274,66 @@ class Transport:
         raise PortalUnavailable(
             f"the portal stayed unavailable after {self.retry.attempts} attempts ({method}: {last})"
         )
+
+    def retrying(
+        self,
+        what: str,
+        attempt: Callable[[ImgsyncError | None], T],
+        give_up: Callable[[ImgsyncError, int], ImgsyncError | None],
+    ) -> T:
+        """The retry loop of a request made of steps (a download: a fresh link, then the file), under ONE
+        budget of ``retry.attempts`` attempts whatever failed.
+
+        ``attempt(last)`` makes one attempt, sending each of its requests once; it is told the error of the
+        attempt before (None at first) and first does what that error asks (renew a token, take a fresh
+        link: the decision the error carries). ``give_up(error, n)`` returns the error to stop with (a kind
+        of failure seen too often, or ``n`` at the budget), else None. A transient error waits before the
+        next attempt (as long as the portal asked, else a backoff); a refused or expired link goes again at
+        once. Anything else is raised as it is.
+        """
+        last: ImgsyncError | None = None
+        for n in range(1, self.retry.attempts + 1):
+            try:
+                return attempt(last)
+            except (TransientError, TokenExpired, LinkRefused) as exc:
+                last = exc
+            stop = give_up(last, n)
+            if stop is not None:
+                raise stop from None
+            if isinstance(last, TransientError):
+                self._pause(last, n, what)
+        raise PortalUnavailable(f"{what}: no answer after {self.retry.attempts} attempts ({last})")
+
+    def call_once(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """One attempt of :meth:`call`, no retry: the answer, or None when the portal has moved (the call is
+        to be sent again, to its new address). ``expired_token`` raises :class:`Expired` (with the credential
+        to renew), the rest as :meth:`call` classifies it."""
+        body, credential = self.auth.apply(dict(params or {}))
+        url = self.auth.method_url(method)
+        try:
+            # The outer batch is not counted in operating time: batch() paces its commands itself.
+            with self.operating.reserve({} if method == "batch" else {method: 1}, self._sleep):
+                resp = self._send(
+                    "POST",
+                    url,
+                    json=body,
+                    headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+                    allow_redirects=False,
+                )
+                if resp.status_code in _REDIRECTS:
+                    self._follow_move(url, resp)
+                    return None
+                if resp.status_code == 413:
+                    resp.close()
+                    raise RequestTooLarge(f"HTTP 413 for a {method} request of {_body_size(body)} bytes")
+                data = self._parse(resp)
+        except Expired:
+            raise
+        except TokenExpired as exc:
+            raise Expired(exc.message, credential=credential) from None
+        if method != "batch":
+            self.operating.note(method, data.get("time"))
+        return data
 
     def _follow_move(self, url: str, resp: requests.Response) -> None:
         """A renamed portal answers 302 to its new address: move the calls there, never anywhere else.
