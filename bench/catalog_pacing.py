@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from imgsync.bitrix import Client, RetryPolicy, WebhookAuth
-from imgsync.catalog import CatalogListing
+from imgsync.bitrix.catalog import CatalogListing
 from imgsync.emulator import Portal, make_store_catalog
 from imgsync.inputs import collect_products
 

@@ -323,7 +323,7 @@ class S3Backup:
     local_path: str | None = None
 
 
-# --- the whole catalog (``sync --all``; see imgsync/catalog.py) -----------------------------------------------
+# --- the whole catalog (``sync --all``; see imgsync/bitrix/catalog.py) ----------------------------------------
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, TextIO
 import requests
 
 from .bitrix import BATCH_SIZE, Auth, Client, OAuth, WebhookAuth
-from .catalog import CatalogListing, ListingIncomplete, id_mismatches, plan_items
+from .bitrix.catalog import CatalogListing, ListingIncomplete, id_mismatches, plan_items
 from .config import Settings, validate_for_sync
 from .errors import ConfigError
 from .inputs import PairSet, ProductSet, collect_inputs, collect_products

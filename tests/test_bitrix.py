@@ -23,6 +23,7 @@ from imgsync.bitrix import (
 )
 from imgsync.errors import (
     AuthError,
+    DownloadFailed,
     ImageDenied,
     ImageError,
     ImageGone,
@@ -269,7 +270,7 @@ def test_product_image_pages_are_followed_and_an_unfinished_listing_says_so() ->
     assert [img.image_id for img in listing.images] == [1, 2, 3, 4, 5] and listing.complete
     assert len(session.sent) == 3
 
-    import imgsync.bitrix as bitrix
+    import imgsync.bitrix.images as bitrix
 
     old, bitrix.MAX_LIST_PAGES = bitrix.MAX_LIST_PAGES, 2
     try:
@@ -360,3 +361,53 @@ def test_auto_concurrency_follows_the_round_trip_and_the_rate() -> None:
     small = Client(WebhookAuth(HOOK), rate_limit=25.0, burst=8, session=FakeSession([]), sleep=lambda s: None)
     small.round_trip = 0.150
     assert small.concurrency() == 7  # never more in flight than the bucket holds
+
+
+# -- one image, one budget (over real HTTP) -----------------------------------------------------------
+ATTEMPTS = 8  # RetryPolicy's default; the backoff is shortened, not the budget
+
+
+@pytest.mark.parametrize(
+    ("faults", "raised", "sent"),
+    [
+        # Every GET of the file answers 500 (a one-time link may be spent): each retry takes a fresh link.
+        (dict(rate_500=1.0, apply_to="download"), DownloadFailed, 2 * ATTEMPTS - 1),
+        # Every request answers 500, the fresh-link gets too: before, each get was a call of 8 attempts.
+        (dict(rate_500=1.0), PortalUnavailable, ATTEMPTS),
+        # Every link is refused (expired_token on a webhook's link): one fresh link, then the image fails.
+        (dict(expired_downloads=10_000), DownloadFailed, 3),
+        # Most requests answer 500: before, fresh-link gets that passed late multiplied the GETs' budget.
+        (dict(rate_500=0.8, seed=1), (DownloadFailed, PortalUnavailable), None),
+    ],
+)
+def test_one_image_costs_at_most_two_requests_an_attempt(
+    faults: dict[str, Any], raised: type[Exception] | tuple[type[Exception], ...], sent: int | None
+) -> None:
+    """The bound of :meth:`Client.download`'s docstring: ``2 * retry.attempts`` portal requests for one image
+    whatever fails (before this bound: ``2A + 1`` GETs and ``2A`` fresh-link gets of up to ``A`` requests each,
+    145 requests for A = 8)."""
+    from imgsync.emulator import Faults, Portal, make_catalog
+    from imgsync.models import ImageRef
+
+    catalog = make_catalog(products=1, images_per_product=1, min_size=500, max_size=600, seed=3)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        c = Client(
+            WebhookAuth(portal.webhook_url),
+            rate_limit=1000.0,
+            burst=1000,
+            retry=RetryPolicy(attempts=ATTEMPTS, base=0.001, cap=0.002),
+        )
+        img = portal.images()[0]
+        image = c.get_images([ImageRef(img.product_id, img.image_id)])[ImageRef(img.product_id, img.image_id)]
+        assert not isinstance(image, ImageError)
+        portal.faults = Faults(**faults)
+        before, on_the_wire = c.requests_sent, sum(portal.stats.by_address.values())
+        try:
+            c.download(image, lambda image, body: b"".join(body.chunks()))
+        except raised:
+            pass
+        else:
+            assert sent is None  # only the case that lets some requests pass may end with the file
+        cost = c.requests_sent - before
+        assert cost == sum(portal.stats.by_address.values()) - on_the_wire
+        assert cost == (sent or cost) <= 2 * ATTEMPTS

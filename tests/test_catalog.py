@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from imgsync.bitrix import Client, RetryPolicy, WebhookAuth
-from imgsync.catalog import (
+from imgsync.bitrix.catalog import (
     Catalog,
     CatalogListing,
     ListingIncomplete,

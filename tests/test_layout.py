@@ -47,6 +47,12 @@ def test_the_package_keeps_its_layout_rules() -> None:
         ),
         ("verify.py", 'SQL = "UPDATE images SET status = 1"\n', "verify holds SQL on the images table"),
         ("store.py", "from . import sync\n", "store imports ['sync']"),
+        ("bitrix/images.py", "from .. import store\n", "bitrix.images imports ['store']"),
+        (
+            "bitrix/files.py",
+            "X = requests.exceptions.SSLError\n",
+            "bitrix.files translates the errors that only bitrix.errors translates",
+        ),
         ("emulator/server.py", "from .. import config\n", "emulator.server imports ['config']"),
         ("report.py", "from . import cli\n", "report imports cli"),
     ],

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, TextIO
 from urllib.parse import quote
 
 from ..bitrix import BATCH_SIZE, Client
-from ..catalog import LIST_METHOD, list_catalogs
+from ..bitrix.catalog import LIST_METHOD, list_catalogs
 from ..errors import ImgsyncError, InputError
 from ..inputs import iter_map_csv
 from ..store import Store

@@ -42,9 +42,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bitrix import BATCH_SIZE, Client
-from .errors import AuthError, DeadlineReached, ImageDenied, ImageError, ImgsyncError, TransientError
-from .models import ListedItem
+from ..errors import AuthError, DeadlineReached, ImageDenied, ImageError, ImgsyncError, TransientError
+from ..models import ListedItem
+from .client import Client
+from .pacing import BATCH_SIZE
 
 __all__ = [
     "PAGE",
