@@ -47,6 +47,7 @@ def test_the_package_keeps_its_layout_rules() -> None:
         ),
         ("verify.py", 'SQL = "UPDATE images SET status = 1"\n', "verify holds SQL on the images table"),
         ("store.py", "from . import sync\n", "store imports ['sync']"),
+        ("s3/uploader.py", "from .. import sync\n", "s3.uploader imports ['sync']"),
         ("emulator/server.py", "from .. import config\n", "emulator.server imports ['config']"),
         ("report.py", "from . import cli\n", "report imports cli"),
     ],
