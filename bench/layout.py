@@ -36,7 +36,7 @@ TRANSLATES = {
 }
 # The one module of a package that turns the library's exception classes into ours.
 TRANSLATION = {"bitrix.errors": re.compile(r"\brequests\.exceptions\b")}
-PACKAGES = {"bitrix"}  # packages whose modules obey their package's rules and show their arrows inside it
+PACKAGES = {"bitrix", "s3", "store"}  # packages whose modules obey their package's rules and show their arrows inside it
 
 
 def owner_of(name: str) -> str:

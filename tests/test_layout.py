@@ -53,6 +53,7 @@ def test_the_package_keeps_its_layout_rules() -> None:
             "X = requests.exceptions.SSLError\n",
             "bitrix.files translates the errors that only bitrix.errors translates",
         ),
+        ("s3/uploader.py", "from .. import sync\n", "s3.uploader imports ['sync']"),
         ("emulator/server.py", "from .. import config\n", "emulator.server imports ['config']"),
         ("report.py", "from . import cli\n", "report imports cli"),
     ],

@@ -18,6 +18,15 @@ A whole catalog (products, sets, parents with variations, services)::
 Run it alone with ``python -m imgsync.emulator --products 100`` (``--parents 10 --services 5`` for a
 whole catalog; see ``__main__``).
 
+The code, one concern a module: :mod:`.portal` (:class:`Portal`, the façade: settings, lifecycle, the HTTP
+entry) over :mod:`.state` (the catalog and the helpers tests call to change it), :mod:`.faults`
+(:class:`Faults`, :class:`Stats`, the gate a request passes first), :mod:`.limits` (the leaky bucket, the
+operating-time budget), :mod:`.rest` (the method table, one method run, ``batch``), :mod:`.images`
+(``catalog.productImage.*``, with :mod:`.readings` and :mod:`.writes`), :mod:`.products` (the whole catalog's
+listings, with :mod:`.listing`), :mod:`.links` (download links and answers) and :mod:`.oauth` (the webhook,
+OAuth tokens, the token endpoint); :mod:`.answers` holds :class:`~.answers.ApiError` and the canned answers,
+:mod:`.server` the HTTP server, :mod:`.catalog` the sample catalogs, :mod:`.s3` the tests' S3 server.
+
 Sample catalog
 --------------
 :func:`make_catalog` makes real pictures (Pillow opens and fully loads each): ``photo-<id>.jpg`` for

@@ -1,6 +1,6 @@
 """List-method parameters as the catalog ``*.list`` methods take them: select, filter, order, start.
 
-Pure functions over rows (dicts of one item's fields); :mod:`.portal` builds the rows and turns a
+Pure functions over rows (dicts of one item's fields); :mod:`.products` builds the rows and turns a
 :class:`ListError` into the portal's error answer (HTTP 400, code 0).
 """
 

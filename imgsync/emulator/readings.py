@@ -1,6 +1,6 @@
 """Other readings of the docs' open points (``bitrix24-api-notes.md`` §13) for ``catalog.productImage.list``.
 
-Pure paging over a product's images, sorted by id; :class:`~.portal.Portal` passes its switches in. The
+Pure paging over a product's images, sorted by id; :mod:`.images` passes the portal's switches in. The
 other open points have their switches on the portal itself (``listing_ids_match``,
 ``rotate_refresh_tokens``, ``link_ttl``, ``one_time_links``); the package docstring lists them all.
 """

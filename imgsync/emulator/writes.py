@@ -2,9 +2,9 @@
 request size limit.
 
 :class:`ImageWrites` holds what the writes need beyond the catalog (the image id high-water mark, the
-per-thread "drop this answer" flag); :class:`~.portal.Portal` registers its two handlers in the method
-table and calls :meth:`ImageWrites.begin` / :meth:`ImageWrites.finish` around each REST answer and
-:func:`too_large` before it handles a request. The behaviour is described in the package docstring
+per-thread "drop this answer" flag); the portal's method table names its two handlers (:mod:`.images`),
+:mod:`.rest` calls :meth:`ImageWrites.begin` / :meth:`ImageWrites.finish` around each REST answer, and the
+portal calls :func:`too_large` before it handles a request. The behaviour is described in the package docstring
 (:mod:`imgsync.emulator`), "Giving images back".
 """
 
@@ -16,12 +16,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import portal as _portal
+from .answers import ApiError, int_param
 from .catalog import CatalogImage
 from .server import Reply, Request
 
 if TYPE_CHECKING:
-    from .portal import Faults, Portal, _Cred
+    from .faults import Faults
+    from .oauth import Cred
+    from .portal import Portal
 
 __all__ = [
     "ADD_OPERATING_S",
@@ -87,8 +89,8 @@ def too_large(portal: Portal, request: Request) -> Reply | None:
     return Reply(413, NGINX_413, "text/html", delay=portal.latency)
 
 
-def _error(code: int, text: str) -> _portal.ApiError:
-    return _portal.ApiError(400, code, text)
+def _error(code: int, text: str) -> ApiError:
+    return ApiError(400, code, text)
 
 
 class ImageWrites:
@@ -147,7 +149,7 @@ class ImageWrites:
 
     # ----------------------------------------------------------------- the methods
 
-    def add(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
+    def add(self, params: dict[str, Any], cred: Cred) -> tuple[Any, None]:
         """``catalog.productImage.add``: check, sleep ``slow_add``, store, count, answer ``productImage``."""
         portal = self._portal
         if not portal.admin:
@@ -207,13 +209,13 @@ class ImageWrites:
             self._local.drop = True
         return {"productImage": portal._image_json(stored, cred, None)}, None
 
-    def delete(self, params: dict[str, Any], cred: _Cred) -> tuple[Any, None]:
+    def delete(self, params: dict[str, Any], cred: Cred) -> tuple[Any, None]:
         """``catalog.productImage.delete``: ``true``, or the documented errors."""
         portal = self._portal
         if not portal.admin:
             raise _error(_NO_RIGHTS, "Access Denied")
-        product_id = _portal._int_param(params, "productId")
-        image_id = _portal._int_param(params, "id")
+        product_id = int_param(params, "productId")
+        image_id = int_param(params, "id")
         with portal._state_lock:
             if product_id in portal._denied:
                 raise _error(_NO_RIGHTS, "Access Denied")

@@ -64,12 +64,13 @@ def test_sigkill_during_a_restore_never_adds_an_image_twice(
         products = {pid for pid, _ in gone}
         portal.faults = Faults(slow_add=0.12)  # about a second of adds, made while the process may die
         for _ in range(1 + trial % 2):
-            adds_before = portal.stats.adds
+            adds_before, requests_before = portal.stats.adds, portal.stats.requests
             proc = subprocess.Popen(
                 restore_cmd(env, portal, "--missing"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
             env.procs.append(proc)
-            wait_for(lambda: portal.stats.requests > 0 and proc.poll() is None or proc.poll() is not None)  # noqa: B023
+            # The restore has reached the portal (however slowly a loaded machine started it), or ended.
+            wait_for(lambda: portal.stats.requests > requests_before or proc.poll() is not None)  # noqa: B023
             time.sleep(rng.uniform(0.05, 1.0))
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=60)
