@@ -3,7 +3,7 @@
     python -m bench.layout [PACKAGE_DIR]        # default: imgsync/ beside this folder
 
 Prints one line per module: lines of code (non-blank, non-comment), then the modules of the package it imports
-(``->``). Also checks the rules of the layout: nothing imports ``cli``; ``bitrix``, ``download``, ``store`` and
+(``->``). Also checks the rules of the layout: nothing imports ``cli``; ``bitrix``, ``localfs``, ``store`` and
 ``s3`` (each module of them, when a package) import nothing of ours but errors, models, redact and their own
 package; the emulator imports nothing of ours but errors and models; only ``store`` (``store/*``) holds SQL on
 the ``images`` table; only ``bitrix`` catches ``requests`` errors and only
@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-SEPARATE = {"bitrix", "download", "store", "s3"}
+SEPARATE = {"bitrix", "localfs", "store", "s3"}
 # What the edge modules may import of ours (STYLE.md's table; redact is the one redaction helper).
 LEAF_IMPORTS = {"__init__", "errors", "models", "redact"}
 SQL_ON_IMAGES = re.compile(r"\b(from|into|update)\s+images\b", re.IGNORECASE)

@@ -27,9 +27,7 @@ def test_the_package_keeps_its_layout_rules() -> None:
     result = _layout(ROOT / "imgsync")
     assert result.returncode == 0, result.stdout
     assert "rule broken" not in result.stdout
-    assert re.search(
-        r"^sync\s+\d+\s+-> bitrix, download, errors, models, store$", result.stdout, re.MULTILINE
-    )
+    assert re.search(r"^sync\s+\d+\s+-> bitrix, errors, localfs, models, store$", result.stdout, re.MULTILINE)
 
 
 @pytest.mark.parametrize(
