@@ -25,10 +25,10 @@ from pathlib import Path
 
 import psutil
 
-from imgsync.download import relative_path
 from imgsync.emulator import Portal, make_catalog
 from imgsync.emulator.catalog import CatalogImage
 from imgsync.emulator.s3 import LocalS3Server
+from imgsync.localfs import relative_path
 from imgsync.models import ImageRef, PortalImage
 from imgsync.s3 import object_metadata
 

@@ -37,8 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imgsync.download import relative_path
 from imgsync.emulator import make_store_catalog
+from imgsync.localfs import relative_path
 from imgsync.models import Event, ImageRef, ListedItem, Outcome, PortalImage
 from imgsync.store import Store
 

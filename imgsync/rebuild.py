@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .download import file_matches, relative_path, resolve_inside
 from .errors import ImageError, Interrupted, UploadError, UsageError
+from .localfs import file_matches, relative_path, resolve_inside
 from .models import ImageRef, ObjectInfo, S3Backup
 from .s3 import decode_skip_fields
 from .store import Store

@@ -30,8 +30,8 @@ from urllib.parse import quote
 import jinja2
 from PIL import Image, UnidentifiedImageError
 
-from .download import atomic_write, resolve_inside
 from .errors import ImgsyncError
+from .localfs import atomic_write, resolve_inside
 from .models import ImageState, RunStats
 from .store import Store
 

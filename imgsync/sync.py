@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .bitrix import BATCH_SIZE, Body, Client, Listing
-from .download import NotPlain, file_matches, relative_path, resolve_inside, save_stream, size_inside
 from .errors import (
     DeadlineReached,
     DownloadFailed,
@@ -36,6 +35,7 @@ from .errors import (
     LocalFileChanged,
     UploadError,
 )
+from .localfs import NotPlain, file_matches, relative_path, resolve_inside, save_stream, size_inside
 from .models import (
     Action,
     Event,

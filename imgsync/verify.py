@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .download import hash_file, is_temp_name, resolve_inside
 from .errors import ImageError, UploadError
+from .localfs import hash_file, is_temp_name, resolve_inside
 from .models import ImageRef, ObjectInfo, S3Object, StoredImage
 from .store import Store
 

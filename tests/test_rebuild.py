@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from imgsync.download import safe_name
 from imgsync.emulator import Portal, make_catalog
 from imgsync.emulator.s3 import LocalS3Server
+from imgsync.localfs import safe_name
 from imgsync.models import ObjectInfo
 from imgsync.rebuild import rebuild_from_s3
 from imgsync.s3 import S3Uploader, encode_skip_fields

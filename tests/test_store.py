@@ -105,7 +105,7 @@ def test_a_migration_that_fails_halfway_leaves_nothing_behind(
 ) -> None:
     """Each migration is one transaction, DDL included: before, the table it had created stayed, and every
     later run failed with "table already exists"."""
-    import imgsync.store as store_module
+    import imgsync.store.migrations as store_module
 
     def broken(db: object) -> None:
         store_module.sqlite_utils.Database.execute(db, "create table half_done (x integer)")  # type: ignore[arg-type]

@@ -6,8 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Protocol
 
-from ..download import resolve_inside
 from ..errors import DownloadFailed, UploadError
+from ..localfs import resolve_inside
 from ..models import StoredImage
 
 

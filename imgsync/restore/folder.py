@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..download import relative_path, resolve_inside, save_stream
 from ..errors import ImgsyncError
+from ..localfs import relative_path, resolve_inside, save_stream
 from ..models import StoredImage
 from .backup import ObjectReader, read_backup
 from .summary import RestoreSummary

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..bitrix import Body, Client, Listing
-from ..download import relative_path, resolve_inside, save_stream
 from ..errors import ImageError, ImageGone, ImgsyncError, UploadError
+from ..localfs import relative_path, resolve_inside, save_stream
 from ..models import Event, ImageRef, Outcome, PortalImage, S3Object
 from ..store import Store
 from .plan import SLOTS, TargetProduct

@@ -31,8 +31,8 @@ from urllib.parse import quote
 
 import pytest
 
-from imgsync.download import is_temp_name
 from imgsync.emulator import CatalogImage, Portal, make_catalog
+from imgsync.localfs import is_temp_name
 
 #: Client settings that match the fast test portals: the client's defaults (2 requests/s) would make every test
 #: wait, and a long timeout would make a hung test slow to fail.

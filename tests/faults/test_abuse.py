@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from imgsync.download import MAX_NAME_BYTES
 from imgsync.emulator import CatalogImage, Portal
+from imgsync.localfs import MAX_NAME_BYTES
 
 from .conftest import FaultEnv, assert_complete, assert_inside, final_files, pairs_of, sha256_of
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imgsync.download import relative_path, resolve_inside, safe_name, save_stream
 from imgsync.errors import DownloadFailed, TransientError
+from imgsync.localfs import relative_path, resolve_inside, safe_name, save_stream
 from imgsync.models import ImageRef
 
 
