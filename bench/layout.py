@@ -5,9 +5,10 @@
 Prints one line per module: lines of code (non-blank, non-comment), then the modules of the package it imports
 (``->``). Also checks the rules of the layout: nothing imports ``cli``; ``bitrix``, ``download``, ``store`` and
 ``s3`` import nothing of ours but errors, models and redact; the emulator imports nothing of ours but errors and
-models; only ``store`` holds SQL on the ``images`` table; only ``bitrix`` catches ``requests`` errors and only
-``s3`` (and the emulator's S3 server) botocore's, boto3's or s3transfer's. Exit 1 when a rule is broken, so it can
-run in CI (``tests/test_layout.py`` does, and also checks that the README's table names every module).
+models; ``sync.plan`` (the skip rule, pure) imports neither the portal nor the store; only ``store`` holds SQL on
+the ``images`` table; only ``bitrix`` catches ``requests`` errors and only ``s3`` (and the emulator's S3 server)
+botocore's, boto3's or s3transfer's. Exit 1 when a rule is broken, so it can run in CI (``tests/test_layout.py``
+does, and also checks that the README's table names every module).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ SEPARATE = {"bitrix", "download", "store", "s3"}
 LEAF_IMPORTS = {"__init__", "errors", "models", "redact"}
 SQL_ON_IMAGES = re.compile(r"\b(from|into|update)\s+images\b", re.IGNORECASE)
 EMULATOR_IMPORTS = {"errors", "models"}
+# The plan is pure: it decides from the portal's answer and the stored row, it asks neither (STYLE.md: plan first).
+PURE = {"sync.plan": {"bitrix", "catalog", "store", "s3", "runner"}}
 # The one translation point of each library's errors (STYLE.md: errors are translated at the edge, once).
 TRANSLATES = {
     "bitrix": re.compile(r"^\s*except\b.*\brequests\.|\brequests\.exceptions\b", re.MULTILINE),
@@ -78,6 +81,8 @@ def main(argv: list[str]) -> int:
         print(f"{name:<22} {loc:>5}  -> {arrows}")
         if "cli" in imports and name != "__main__":
             broken.append(f"{name} imports cli")
+        if name in PURE and imports & PURE[name]:
+            broken.append(f"{name} imports {sorted(imports & PURE[name])}")
         if name in SEPARATE and imports - LEAF_IMPORTS:
             broken.append(f"{name} imports {sorted(imports - LEAF_IMPORTS)}")
         if name != "store" and not name.startswith("emulator") and SQL_ON_IMAGES.search(text):
