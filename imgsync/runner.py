@@ -3,6 +3,10 @@
 :func:`run_sync` validates every input before the first request, takes the database's lock, builds
 the client (webhook or OAuth, with renewed tokens from the database), the store and the optional S3
 uploader, expands ``--product`` through ``catalog.productImage.list`` and runs the :class:`Syncer`.
+
+How a run of a command ends is decided here too, so the CLI only prints it: :func:`run_to_end` turns every
+ending (done, stopped by a signal, failed) into an :class:`Ending` with its exit code and ``--json`` object,
+and :func:`record_metrics` writes the metrics file when the settings ask for one.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import requests
 
 from .bitrix import Auth, Client, OAuth, WebhookAuth
 from .config import Settings, validate_for_sync
-from .errors import ConfigError
+from .errors import ConfigError, ImgsyncError, InternalError, Interrupted
+from .models import StopRequest
 from .store import Store, run_lock, stored_tokens, token_lock
 from .sync import (
     AUTO_MAX_WORKERS,
@@ -34,6 +41,7 @@ from .sync import (
     catalog_chunks,
     put_in_work_order,
     read_inputs,
+    summary_json,
     work_in_order,
 )
 
@@ -256,3 +264,110 @@ def check_dest(dest: Path, *, create: bool) -> None:
             raise ConfigError(f"storage.dest {dest}: {probe} is not writable")
     except OSError as exc:
         raise ConfigError(f"storage.dest {dest}: cannot write there ({exc.strerror or exc})") from None
+
+
+class _Finished(Protocol):
+    exit_code: int
+
+
+S = TypeVar("S", bound=_Finished)
+
+
+@dataclass
+class Ending(Generic[S]):
+    """How a command's run ended: its ``--json`` object (every key, in every run), its summary (None when it
+    stopped before the work began), the process's exit code, and the error that ended it (None: it ran to its
+    end, failed images or a cap included)."""
+
+    data: dict[str, Any]
+    summary: S | None
+    exit_code: int
+    error: ImgsyncError | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return isinstance(self.error, Interrupted)
+
+
+def stop_code(stop: threading.Event | None, exc: ImgsyncError) -> int:
+    """The exit code of a run that ``exc`` ended: a stop asked by a signal exits 128 + the signal."""
+    if isinstance(exc, Interrupted) and isinstance(stop, StopRequest) and stop.is_set():
+        return stop.exit_code
+    return exc.exit_code
+
+
+def run_to_end(
+    run: Callable[[], S],
+    *,
+    stop: threading.Event | None,
+    as_json: Callable[[S | None, str | None, int | None], dict[str, Any]],
+) -> Ending[S]:
+    """Run a command's core (``run_sync``, ``run_restore``) and say how it ended: a second signal outside the
+    pipeline is a stop too; our errors end it with their exit code and the summary of what was done."""
+    try:
+        try:
+            summary = run()
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
+    except ImgsyncError as exc:
+        code = stop_code(stop, exc)
+        partial: S | None = getattr(exc, "summary", None)
+        return Ending(as_json(partial, exc.message, code), partial, code, exc)
+    return Ending(as_json(summary, None, None), summary, summary.exit_code)
+
+
+def sync_to_end(
+    settings: Settings,
+    request: Request,
+    *,
+    progress: Progress | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Ending[Summary]:
+    """:func:`run_sync`, however it ends, as an :class:`Ending` (what ``imgsync sync`` prints and exits with)."""
+    return run_to_end(
+        lambda: run_sync(settings, request, progress=progress, on_plan=on_plan, stop=stop),
+        stop=stop,
+        as_json=lambda summary, error, code: summary_json(summary, request.dry_run, error=error, code=code),
+    )
+
+
+def sync_failed(exc: BaseException, dry_run: bool) -> Ending[Summary]:
+    """The ending of a sync that failed outside :func:`run_sync` (its settings, its log file, a defect)."""
+    if isinstance(exc, ImgsyncError):
+        return Ending(
+            summary_json(None, dry_run, error=exc.message, code=exc.exit_code), None, exc.exit_code, exc
+        )
+    data = summary_json(None, dry_run, error=f"internal error: {exc!r}", code=InternalError.exit_code)
+    return Ending(data, None, InternalError.exit_code)
+
+
+def record_metrics(
+    settings: Settings | None,
+    data: dict[str, Any],
+    *,
+    started: float,
+    finished: float,
+    dry_run: bool,
+    command: str = "sync",
+) -> None:
+    """Write the metrics file of a run (``--metrics-file``, ``[metrics] textfile``) when the settings name one;
+    a dry run writes none. A file that cannot be written is a warning: the run's outcome stands."""
+    if settings is None or settings.metrics_file is None or dry_run:
+        return
+    from .metrics import write_metrics, write_restore_metrics
+
+    counts: dict[str, int] = {}
+    if command == "sync":
+        try:
+            with Store(settings.db, readonly=True) as store:
+                counts = store.counts_by_status()
+        except ImgsyncError as exc:
+            log.warning("the metrics file has no image counts: %s", exc.message)
+    try:
+        if command == "sync":
+            write_metrics(settings.metrics_file, data, counts, started_at=started, finished_at=finished)
+        else:
+            write_restore_metrics(settings.metrics_file, data, started_at=started, finished_at=finished)
+    except OSError as exc:
+        log.warning("cannot write the metrics file %s: %s", settings.metrics_file, exc.strerror or exc)
