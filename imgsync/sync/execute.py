@@ -1,5 +1,5 @@
-"""The executors: what each planned action does. Each returns an :class:`~imgsync.models.Outcome`, which only the
-pipeline hands to the store (rows are written after the file is in place).
+"""The executors: what each planned action does. Each returns an :class:`~imgsync.models.Outcome`, which
+only the pipeline hands to the store (rows are written after the file is in place).
 
 :meth:`Executor.download` (then the upload, when S3 is on), :meth:`Executor.upload_only` (the local file is
 current, S3 is not), :meth:`Executor.ensure_uploaded` (the object is asked before anything is sent), and

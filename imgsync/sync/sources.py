@@ -155,9 +155,9 @@ def catalog_chunks(
     Items in ``done`` (named with ``--product``/``--products-file``, whose images the run lists on their own)
     are recorded as listed but given no work here: each product is done once.
 
-    ``cap`` (the run's caps, :meth:`Caps.turn_away <imgsync.sync.caps.Caps.turn_away>`) is asked before every request of the listing: pages are
-    work too. A listing stopped by a cap ends the chunks there; what it listed is recorded, nothing is marked
-    gone (the listing is not complete).
+    ``cap`` (the run's caps, :meth:`Caps.turn_away <imgsync.sync.caps.Caps.turn_away>`) is asked before every
+    request of the listing: pages are work too. A listing stopped by a cap ends the chunks there; what it
+    listed is recorded, nothing is marked gone (the listing is not complete).
     """
     # The catalogs listed before: a listing that lost one of them (or all its items) is incomplete.
     listing = CatalogListing(
