@@ -3,12 +3,13 @@
     python -m bench.layout [PACKAGE_DIR]        # default: imgsync/ beside this folder
 
 Prints one line per module: lines of code (non-blank, non-comment), then the modules of the package it imports
-(``->``; inside a package, its own modules by name). Also checks the rules of the layout: nothing imports
-``cli``; ``bitrix``, ``localfs``, ``store`` and ``s3`` (every module of each package) import nothing of ours but
-errors, models, redact and their own package; the emulator imports nothing of ours but errors and models; only
-``store/*`` holds SQL on the ``images`` table; only ``bitrix/*`` catches ``requests`` errors, and only
-``bitrix/errors.py`` translates them (names ``requests.exceptions``); only ``s3/*`` (and the emulator's S3
-server) catches botocore's, boto3's or s3transfer's. Exit 1 when a rule is broken, so it can
+(``->``; inside a package, its own modules by name). Also checks the rules of the layout: nothing outside
+``cli/`` imports it; ``bitrix``, ``localfs``, ``store`` and ``s3`` (every module of each package) import nothing
+of ours but errors, models, redact and their own package; the emulator imports nothing of ours but errors and
+models; ``sync.plan`` (the skip rule, pure) imports neither the portal nor the store; only ``store/*`` holds SQL
+on the ``images`` table; only ``bitrix/*`` catches ``requests`` errors, and only ``bitrix/errors.py`` translates
+them (names ``requests.exceptions``); only ``s3/*`` (and the emulator's S3 server) catches botocore's, boto3's or
+s3transfer's. Exit 1 when a rule is broken, so it can
 run in CI (``tests/test_layout.py`` does, and also checks that the README's table names every module).
 """
 
@@ -24,6 +25,8 @@ SEPARATE = {"bitrix", "localfs", "store", "s3"}
 LEAF_IMPORTS = {"__init__", "errors", "models", "redact"}
 SQL_ON_IMAGES = re.compile(r"\b(from|into|update)\s+images\b", re.IGNORECASE)
 EMULATOR_IMPORTS = {"errors", "models"}
+# The plan is pure: it decides from the portal's answer and the stored row, it asks neither (STYLE.md).
+PURE = {"sync.plan": {"bitrix", "catalog", "store", "s3", "runner"}}
 # The one translation point of each library's errors (STYLE.md: errors are translated at the edge, once).
 # An owner that is a package (``bitrix``) is every module in it; its translation table is in ``TRANSLATION``.
 TRANSLATES = {
@@ -96,8 +99,10 @@ def main(argv: list[str]) -> int:
     for name, (loc, imports, text) in modules.items():
         arrows = ", ".join(sorted(imports)) or "-"
         print(f"{name:<22} {loc:>5}  -> {arrows}")
-        if "cli" in imports and name != "__main__":
+        if "cli" in imports and name != "__main__" and name.split(".")[0] != "cli":  # cli/ is one package
             broken.append(f"{name} imports cli")
+        if name in PURE and imports & PURE[name]:
+            broken.append(f"{name} imports {sorted(imports & PURE[name])}")
         outside_own = {i for i in imports if i.split(".")[0] != owner_of(name)}
         if owner_of(name) in SEPARATE and outside_own - LEAF_IMPORTS:
             broken.append(f"{name} imports {sorted(outside_own - LEAF_IMPORTS)}")

@@ -3,62 +3,49 @@
 :func:`run_sync` validates every input before the first request, takes the database's lock, builds
 the client (webhook or OAuth, with renewed tokens from the database), the store and the optional S3
 uploader, expands ``--product`` through ``catalog.productImage.list`` and runs the :class:`Syncer`.
+
+How a run of a command ends is decided here too, so the CLI only prints it: :func:`run_to_end` turns every
+ending (done, stopped by a signal, failed) into an :class:`Ending` with its exit code and ``--json`` object,
+and :func:`record_metrics` writes the metrics file when the settings ask for one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Container, Generator, Iterator, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, Generic, Protocol, TypeVar
 
 import requests
 
-from .bitrix import BATCH_SIZE, Auth, Client, OAuth, WebhookAuth
-from .bitrix.catalog import CatalogListing, ListingIncomplete, id_mismatches, plan_items
+from .bitrix import Auth, Client, OAuth, WebhookAuth
 from .config import Settings, validate_for_sync
-from .errors import ConfigError
-from .inputs import PairSet, ProductSet, collect_inputs, collect_products
-from .models import Action, ImageRef
+from .errors import ConfigError, ImgsyncError, InternalError, Interrupted
+from .models import StopRequest
 from .store import Store, run_lock, stored_tokens, token_lock
 from .sync import (
     AUTO_MAX_WORKERS,
     Plan,
-    PlannedChunk,
-    ProductChunk,
+    Request,
     Summary,
     Syncer,
     SyncOptions,
     Uploader,
-    backed_up_as_recorded,
+    catalog_chunks,
+    put_in_work_order,
+    read_inputs,
+    summary_json,
+    work_in_order,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Request:
-    """What to sync: the three kinds of input of ``imgsync sync``."""
-
-    pairs: Sequence[str] = ()
-    csv_paths: Sequence[str] = ()
-    products: Sequence[int] = ()
-    products_files: Sequence[str] = ()
-    all: bool = False  # every item of the portal's trade catalogs
-    deep: bool = False  # with ``all``: ask every item's images, even those listed as recorded
-    recorded: bool = False  # every image the state database records
-    force: bool = False
-    dry_run: bool = False
-    stdin: TextIO | BinaryIO | None = None
 
 
 class Progress:
@@ -182,16 +169,7 @@ def run_sync(
         )
     with ExitStack() as stack:
         # 1. Every input is read and validated before anything else happens, and so is dest.
-        if request.deep and not request.all:
-            raise ConfigError("--deep goes with --all")
-        pairs: PairSet = stack.enter_context(collect_inputs(request.pairs, request.csv_paths, request.stdin))
-        products: ProductSet = stack.enter_context(
-            collect_products(request.products_files, request.stdin, stdin_used="-" in request.csv_paths)
-            if request.products_files
-            else ProductSet()
-        )
-        for product_id in request.products:
-            products.add(product_id)
+        pairs, products = read_inputs(stack, request)
         check_dest(settings.dest, create=not request.dry_run)
         if not request.dry_run:
             stack.enter_context(run_lock(settings.db))
@@ -232,14 +210,7 @@ def run_sync(
             stop=stop,
         )
         syncer.progress_bytes = progress.add_bytes  # ops: bytes for the progress line
-        if request.recorded:
-            # In work order (never backed up, failed, checked longest ago), copied out before the run writes.
-            for ref in store.iter_refs_in_work_order():
-                pairs.add(ref)
-        # The work order, in every input mode: capped runs take what was never backed up first, then what
-        # failed, then what was checked longest ago, so runs night after night make progress.
-        pairs.order_by(store.work_keys)
-        products.order_by(store.product_work_keys)
+        put_in_work_order(store, pairs, products, recorded=request.recorded)
         progress.total(len(pairs))
         log.info(
             "%d images to check%s%s (%d duplicate pairs skipped)%s",
@@ -259,7 +230,7 @@ def run_sync(
                 pairs,
                 deep=request.deep,
                 done=products if len(products) else (),
-                cap=syncer.turn_away,
+                cap=syncer.caps.turn_away,
             )
             if request.all
             else None
@@ -270,42 +241,6 @@ def run_sync(
         stack.callback(chunks.close)
         return syncer.run(chunks, total=None if len(products) or request.all else len(pairs))
     raise AssertionError("unreachable")
-
-
-def work_in_order(
-    pairs: PairSet, products: ProductSet, catalog: Generator[ProductChunk | PlannedChunk, None, None] | None
-) -> Generator[list[ImageRef] | ProductChunk | PlannedChunk, None, None]:
-    """Every input's work in one work order: what was never backed up and what failed (pairs and products,
-    merged by their keys, a chunk at a time), then the catalog listing's work (``--all``), then the
-    re-checks of what is backed up, longest unchecked first.
-
-    The catalog listing is read as it comes, a page at a time, so it is not merged image by image: within
-    it, items that need a call (new, changed, backup missing) are taken in the listing's id order. Merging
-    them with the other inputs would mean holding the whole listing before the first download; placing them
-    before the re-checks that the other inputs name (``--recorded``) spends a capped night on them first.
-    """
-    opened: list[Generator[Any, None, None]] = []
-
-    def merged(ranks: tuple[int, ...]) -> Iterator[list[ImageRef] | ProductChunk]:
-        refs = pairs.keyed_chunks(BATCH_SIZE, ranks=ranks)
-        ids = products.keyed_chunks(BATCH_SIZE, ranks=ranks)
-        opened.extend((refs, ids))
-        Keyed = Iterator[tuple[tuple[int, str], list[ImageRef] | ProductChunk]]
-        some: Keyed = refs
-        whole: Keyed = ((key, ProductChunk(tuple(chunk), pairs)) for key, chunk in ids)
-        for _key, chunk in heapq.merge(some, whole, key=lambda keyed: keyed[0]):
-            yield chunk
-
-    try:
-        yield from merged((0, 1))  # never backed up, then failed (Store.work_keys)
-        if catalog is not None:
-            yield from catalog
-        yield from merged((2,))  # backed up: the re-checks, longest unchecked first
-    finally:
-        for generator in opened:
-            generator.close()
-        if catalog is not None:
-            catalog.close()
 
 
 def check_dest(dest: Path, *, create: bool) -> None:
@@ -331,102 +266,108 @@ def check_dest(dest: Path, *, create: bool) -> None:
         raise ConfigError(f"storage.dest {dest}: cannot write there ({exc.strerror or exc})") from None
 
 
-def catalog_chunks(
-    client: Client,
-    store: Store,
-    opts: SyncOptions,
-    named: Container[ImageRef],
+class _Finished(Protocol):
+    exit_code: int
+
+
+S = TypeVar("S", bound=_Finished)
+
+
+@dataclass
+class Ending(Generic[S]):
+    """How a command's run ended: its ``--json`` object (every key, in every run), its summary (None when it
+    stopped before the work began), the process's exit code, and the error that ended it (None: it ran to its
+    end, failed images or a cap included)."""
+
+    data: dict[str, Any]
+    summary: S | None
+    exit_code: int
+    error: ImgsyncError | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return isinstance(self.error, Interrupted)
+
+
+def stop_code(stop: threading.Event | None, exc: ImgsyncError) -> int:
+    """The exit code of a run that ``exc`` ended: a stop asked by a signal exits 128 + the signal."""
+    if isinstance(exc, Interrupted) and isinstance(stop, StopRequest) and stop.is_set():
+        return stop.exit_code
+    return exc.exit_code
+
+
+def run_to_end(
+    run: Callable[[], S],
     *,
-    deep: bool,
-    done: Container[int] = (),
-    cap: Callable[[], str | None] | None = None,
-) -> Generator[ProductChunk | PlannedChunk, None, None]:
-    """``sync --all``: the catalog's listing, page by page, turned into work (notes §12).
-
-    An item whose listing shows exactly the picture ids recorded for it, each backed up, is unchanged
-    without a call; every other item's images come from ``catalog.productImage.list`` (a
-    :class:`ProductChunk`, the usual plan and execute path). Once the listing is complete, the images of
-    items no longer listed become missing (files kept). Nothing is concluded from a listing that was cut
-    short or failed: that is a failure of the run, and nothing is marked gone.
-
-    Items in ``done`` (named with ``--product``/``--products-file``, whose images the run lists on their own)
-    are recorded as listed but given no work here: each product is done once.
-
-    ``cap`` (the run's caps, :meth:`Syncer.turn_away`) is asked before every request of the listing: pages are
-    work too. A listing stopped by a cap ends the chunks there; what it listed is recorded, nothing is marked
-    gone (the listing is not complete).
-    """
-    # The catalogs listed before: a listing that lost one of them (or all its items) is incomplete.
-    listing = CatalogListing(
-        client,
-        expected=store.listed_catalogs(),
-        stop=(lambda: cap() is not None) if cap is not None else None,
-    )
-    # To the microsecond: what this listing did not touch is what an earlier one listed, even a second ago.
-    seen_since = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    compared = mismatched = 0
+    stop: threading.Event | None,
+    as_json: Callable[[S | None, str | None, int | None], dict[str, Any]],
+) -> Ending[S]:
+    """Run a command's core (``run_sync``, ``run_restore``) and say how it ended: a second signal outside the
+    pipeline is a stop too; our errors end it with their exit code and the summary of what was done."""
     try:
-        for page in listing.pages():
-            if not opts.dry_run:
-                store.save_listed(page, seen_since)
-            rows = store.rows_of_products([item.id for item in page])
-            recorded = {pid: {r.image_id for r in found if r.status == "ok"} for pid, found in rows.items()}
-            needs_call, as_listed = plan_items([item for item in page if item.id not in done], recorded, deep)
-            pair_count, misses = id_mismatches(page, recorded)
-            compared, mismatched = compared + pair_count, mismatched + misses
-            unchanged: list[Plan] = []
-            for item in as_listed:
-                item_rows = rows.get(item.id, [])
-                if all(backed_up_as_recorded(row, opts) for row in item_rows if row.status == "ok"):
-                    unchanged += [
-                        Plan(row.ref, Action.UNCHANGED, "unchanged (as listed)", None, row)
-                        for row in item_rows
-                        if row.status == "ok" and row.ref not in named
-                    ]
-                else:
-                    needs_call.append(item.id)  # a backup went missing: fetch fresh links for it
-            if unchanged:
-                yield PlannedChunk(tuple(unchanged))
-            if needs_call:
-                shown = {item.id: frozenset(item.picture_ids) for item in page}
-                yield ProductChunk(tuple(needs_call), named, {pid: shown[pid] for pid in needs_call})
-    except ListingIncomplete as exc:
-        log.error("the catalog listing is incomplete (%s): nothing is marked missing", exc.message)
-        yield PlannedChunk(
-            (Plan(ImageRef(0, 0), Action.FAILED, f"catalog listing incomplete: {exc.message}"),)
+        try:
+            summary = run()
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
+    except ImgsyncError as exc:
+        code = stop_code(stop, exc)
+        partial: S | None = getattr(exc, "summary", None)
+        return Ending(as_json(partial, exc.message, code), partial, code, exc)
+    return Ending(as_json(summary, None, None), summary, summary.exit_code)
+
+
+def sync_to_end(
+    settings: Settings,
+    request: Request,
+    *,
+    progress: Progress | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Ending[Summary]:
+    """:func:`run_sync`, however it ends, as an :class:`Ending` (what ``imgsync sync`` prints and exits with)."""
+    return run_to_end(
+        lambda: run_sync(settings, request, progress=progress, on_plan=on_plan, stop=stop),
+        stop=stop,
+        as_json=lambda summary, error, code: summary_json(summary, request.dry_run, error=error, code=code),
+    )
+
+
+def sync_failed(exc: BaseException, dry_run: bool) -> Ending[Summary]:
+    """The ending of a sync that failed outside :func:`run_sync` (its settings, its log file, a defect)."""
+    if isinstance(exc, ImgsyncError):
+        return Ending(
+            summary_json(None, dry_run, error=exc.message, code=exc.exit_code), None, exc.exit_code, exc
         )
+    data = summary_json(None, dry_run, error=f"internal error: {exc!r}", code=InternalError.exit_code)
+    return Ending(data, None, InternalError.exit_code)
+
+
+def record_metrics(
+    settings: Settings | None,
+    data: dict[str, Any],
+    *,
+    started: float,
+    finished: float,
+    dry_run: bool,
+    command: str = "sync",
+) -> None:
+    """Write the metrics file of a run (``--metrics-file``, ``[metrics] textfile``) when the settings name one;
+    a dry run writes none. A file that cannot be written is a warning: the run's outcome stands."""
+    if settings is None or settings.metrics_file is None or dry_run:
         return
-    if listing.capped:
-        if cap is not None:
-            cap()  # the deadline passed during a wait: the run is capped (exit 5)
-        log.warning(
-            "the catalog listing stopped at a cap after %d items: nothing is marked missing", listing.items
-        )
-        return
-    if compared and mismatched == compared:
-        log.info(
-            "the listing's picture ids never match the recorded image ids (%d items compared): every item "
-            "costs a catalog.productImage.list call; the backup stays right, only slower",
-            compared,
-        )
-    if opts.dry_run:
-        return
-    gone_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    store.mark_gone_items(seen_since, gone_at)
-    # Every gone item whose images are not all missing yet: this listing's, and those of a run that was
-    # killed between the two writes (the items' mark is committed first), so no image stays ok for ever.
-    for ids in store.iter_gone_items():
-        gone = [
-            Plan(
-                row.ref,
-                Action.MISSING,
-                "its item is no longer in the catalog; the backup is kept",
-                None,
-                row,
-            )
-            for rows in store.rows_of_products(ids).values()
-            for row in rows
-            if row.status != "missing" and row.ref not in named
-        ]
-        if gone:
-            yield PlannedChunk(tuple(gone))
+    from .metrics import write_metrics, write_restore_metrics
+
+    counts: dict[str, int] = {}
+    if command == "sync":
+        try:
+            with Store(settings.db, readonly=True) as store:
+                counts = store.counts_by_status()
+        except ImgsyncError as exc:
+            log.warning("the metrics file has no image counts: %s", exc.message)
+    try:
+        if command == "sync":
+            write_metrics(settings.metrics_file, data, counts, started_at=started, finished_at=finished)
+        else:
+            write_restore_metrics(settings.metrics_file, data, started_at=started, finished_at=finished)
+    except OSError as exc:
+        log.warning("cannot write the metrics file %s: %s", settings.metrics_file, exc.strerror or exc)

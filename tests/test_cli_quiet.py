@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from imgsync import cli as cli_module
+from imgsync.cli import _output
 from imgsync.emulator import Portal, make_catalog
 from imgsync.sync import Summary
 
@@ -90,7 +90,7 @@ def test_failure_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
             }
         ],
     )
-    cli_module._echo_failures(summary)
+    _output.echo_failures(summary)
     err = capsys.readouterr().err
     assert err.startswith("imgsync: failed 12:345: GET https://portal.example/rest/1/")
     assert "abcdef123456" not in err

@@ -494,7 +494,7 @@ def test_a_superseded_file_is_removed_only_after_a_durable_commit(
         path.unlink()
 
     monkeypatch.setattr("imgsync.store.db.sqlite3.connect", traced)
-    monkeypatch.setattr("imgsync.sync._unlink_quietly", unlink)
+    monkeypatch.setattr("imgsync.sync.pipeline._unlink_quietly", unlink)
     result = invoke(env.args(portal, f"{img.product_id}:{img.image_id}"))
     assert result.exit_code == 0, result.stderr
     assert not old_file.exists() and (env.dest / env.rows()[0]["local_path"]).name.endswith("renamed.jpg")

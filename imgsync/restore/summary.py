@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..redact import redact
+
 #: The most failures and restored images the JSON object lists.
 MAX_FAILURES = 100
 MAX_RESTORED = 1000
@@ -85,3 +87,16 @@ class RestoreSummary:
             f"{self.selected} selected: restored {self.restored}, present {self.present}, "
             f"slot taken {self.skipped}, failed {self.failed}, deferred {self.deferred}"
         )
+
+
+def restore_json(
+    summary: RestoreSummary | None, dry_run: bool, *, error: str | None = None, code: int | None = None
+) -> dict[str, Any]:
+    """The ``--json`` object of a restore: every key in every run; one stopped before it began has zeros and
+    ``"complete": false``."""
+    data = (summary or RestoreSummary(complete=False, plan=[] if dry_run else None)).as_json()
+    if error:
+        data["error"], data["complete"] = redact(error), False
+    if code is not None:
+        data["exit_code"] = code
+    return data
