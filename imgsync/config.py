@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .redact import redact, redact_url, register_secret
+from .units import parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -250,33 +251,6 @@ def _integer(value: object, *, from_text: bool) -> int | None:
     if from_text and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,20}\s*", value):
         return int(value)
     return None
-
-
-_DURATION = re.compile(
-    r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?"
-)
-_DURATION_UNITS = (86400, 3600, 60, 1)
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?|B)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in ``90m``, ``6h``, ``1h30m``, ``2d``, ``45s`` (d/h/m/s in that order), or ``None``."""
-    match = _DURATION.fullmatch(text.strip().lower())
-    if not match or not any(match.groups()):
-        return None
-    return sum(float(n) * unit for n, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if n)
-
-
-def parse_size(text: str) -> int | None:
-    """Bytes in ``20G``, ``512M``, ``1.5T``, ``20GiB`` (K/M/G/T are powers of 1024) or ``1048576``, or ``None``."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        return None
-    number, unit = match.group(1), (match.group(2) or "").upper()
-    if not unit and "." in number:
-        return None  # a fraction of a byte
-    return int(float(number) * _SIZE_UNITS[unit])
 
 
 def _check_cap(kind: str, value: object, origin: _Origin, *, from_text: bool) -> object:
