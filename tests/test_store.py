@@ -270,6 +270,7 @@ def test_a_fresh_database_has_exactly_this_schema(tmp_path: Path) -> None:
             ("new_image_id", integer, 0),
             *((c, text, 0) for c in ("error", "sent_at", "finished_at")),
         ],
+        "removals": [("path", "TEXT", 1), ("at", "TEXT", 0)],
         "runs": [
             ("id", integer, 1),
             ("started_at", text, 0),

@@ -114,8 +114,19 @@ class Images(StoreBase):
                 [(_REPLACING, ref.product_id, ref.image_id) for ref in refs],
             )
 
-    def save(self, run_id: int | None, outcomes: Iterable[Outcome], *, durable: bool = False) -> None:
+    def save(
+        self,
+        run_id: int | None,
+        outcomes: Iterable[Outcome],
+        *,
+        durable: bool = False,
+        removals: Sequence[str] = (),
+    ) -> None:
         """Record what a run did, image rows and their events, in one transaction (one commit for many).
+
+        ``removals``: files (relative to dest) these rows no longer name, which the caller removes once this
+        returns; they are recorded in the same transaction (see :meth:`pending_removals`), so a run killed
+        before its unlinks leaves the next run a note of them.
 
         ``durable=True`` when the caller deletes files once it returns (files the rows no longer name): in WAL
         mode with ``synchronous=NORMAL`` a commit may be lost on power loss, and rows naming deleted files
@@ -123,15 +134,33 @@ class Images(StoreBase):
         """
         with self._lock:
             if not durable:
-                self._save(run_id, outcomes)
+                self._save(run_id, outcomes, removals)
                 return
             self.db.execute("PRAGMA synchronous=FULL")
             try:
-                self._save(run_id, outcomes)
+                self._save(run_id, outcomes, removals)
             finally:
                 self.db.execute("PRAGMA synchronous=NORMAL")
 
-    def _save(self, run_id: int | None, outcomes: Iterable[Outcome]) -> None:
+    def pending_removals(self) -> list[str]:
+        """Files noted for removal that no row names now (a run stopped between its commit and its unlinks);
+        the caller removes them and then calls :meth:`forget_removals`."""
+        with self._lock:
+            rows = self.db.execute(
+                "select path from removals r where not exists "
+                "(select 1 from images i where i.local_path = r.path) order by path"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def forget_removals(self, paths: Sequence[str] | None = None) -> None:
+        """Drop the notes of files removed (``None``: every note, those a row names again included)."""
+        with self._writing() as conn:
+            if paths is None:
+                conn.execute("delete from removals")
+            else:
+                conn.executemany("delete from removals where path = ?", [(p,) for p in paths])
+
+    def _save(self, run_id: int | None, outcomes: Iterable[Outcome], removals: Sequence[str] = ()) -> None:
         now = utcnow()
         events: list[tuple[Any, ...]] = []
         # Consecutive rows that set the same columns share one executemany (in order, so a later outcome of
@@ -156,6 +185,10 @@ class Images(StoreBase):
                 "insert into events (run_id, product_id, image_id, action, detail, at) values (?, ?, ?, ?, ?, ?)",
                 events,
             )
+            if removals:
+                conn.executemany(
+                    "insert or ignore into removals (path, at) values (?, ?)", [(p, now) for p in removals]
+                )
 
     # --- verify repair ---------------------------------------------------------------------------
     # The one write of `imgsync verify --repair`. The caller holds run_lock: no sync runs meanwhile.

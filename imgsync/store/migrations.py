@@ -153,12 +153,19 @@ def _m005_restores(db: sqlite_utils.Database) -> None:
         db.table("products").add_column(column, str)
 
 
+def _m006_removals(db: sqlite_utils.Database) -> None:
+    # Files a committed row no longer names, to be removed: written in the same transaction as the rows, so a
+    # run killed between its commit and its unlinks leaves the intent, and the next run removes the file.
+    db.table("removals").create({"path": str, "at": str}, pk="path")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial", _m001_initial),
     (2, "run_state", _m002_run_state),
     (3, "products", _m003_products),
     (4, "run_totals", _m004_run_totals),
     (5, "restores", _m005_restores),
+    (6, "removals", _m006_removals),
 ]
 
 

@@ -89,6 +89,7 @@ class Syncer:
         dry = self.opts.dry_run
         if not dry:
             self.summary.run_id = self.store.start_run()
+            self._finish_removals()
             if self.opts.max_duration_s is not None:
                 # One deadline for every wait: a request paced past it is not sent (DeadlineReached).
                 self.client.deadline = started + self.opts.max_duration_s
@@ -356,10 +357,8 @@ class Syncer:
 
     def _save_pending(self) -> None:
         outcomes, self._pending = self._pending, []
-        # Durable before files are removed: a commit lost to a power cut must not leave rows naming them.
-        self.store.save(self.summary.run_id, outcomes, durable=any(o.remove_after for o in outcomes))
-        self._last_flush = time.monotonic()
-        for outcome in outcomes:  # superseded files go only now that no committed row names them
+        removals: list[tuple[str, Path]] = []
+        for outcome in outcomes:
             current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
             for relative in outcome.remove_after:
                 path = inside_dest(self.opts.dest, relative)
@@ -369,7 +368,29 @@ class Syncer:
                     # A case-only rename on a case-insensitive file system: the old name *is* the new file.
                     log.debug("not removing %s: it is the new file under another spelling", relative)
                 else:
-                    _unlink_quietly(path)
+                    removals.append((relative, path))
+        # Durable before files are removed: a commit lost to a power cut must not leave rows naming them. The
+        # files to remove are noted in the same commit, so a run killed before its unlinks leaves them to the next.
+        self.store.save(
+            self.summary.run_id,
+            outcomes,
+            durable=bool(removals),
+            removals=[relative for relative, _ in removals],
+        )
+        self._last_flush = time.monotonic()
+        for _, path in removals:  # superseded files go only now that no committed row names them
+            _unlink_quietly(path)
+        if removals:
+            self.store.forget_removals([relative for relative, _ in removals])
+
+    def _finish_removals(self) -> None:
+        """Remove the superseded files an earlier run noted but did not get to (killed after its commit)."""
+        for relative in self.store.pending_removals():
+            path = inside_dest(self.opts.dest, relative)
+            if path is not None:
+                log.info("removing %s, superseded in a run that stopped before removing it", relative)
+                _unlink_quietly(path)
+        self.store.forget_removals()
 
 
 class _Deferred(Exception):
