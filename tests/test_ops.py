@@ -465,3 +465,22 @@ def test_status_failed_with_none(env: Env, portal: Portal) -> None:
     assert invoke(["status", "--db", str(env.db), "--failed"]).stdout == "0 failed images\n"
     data = json.loads(invoke(["status", "--db", str(env.db), "--failed", "--json"]).stdout)
     assert data == {"db": str(env.db), "failed": [], "count": 0}
+
+
+def test_a_defect_outside_the_pipeline_still_prints_the_json_summary(
+    env: Env, portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README: --json prints one object in every run. A defect of ours after the settings are read and
+    before the pipeline starts (here: the progress set-up) exits 70 with that object, not with nothing."""
+
+    def broken(self: Any, bar: Any) -> Any:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr("imgsync.cli._logging.RunLog.progress", broken)
+    result = invoke(env.args(portal, "--json", *all_pairs(portal)[:2]))
+    assert result.exit_code == 70
+    summary = summary_of(result.stdout)
+    assert summary["exit_code"] == 70 and summary["complete"] is False
+    assert summary["error"].startswith("internal error: RuntimeError")
+    assert "imgsync: internal error" in result.stderr
+    assert portal.stats.requests == 0

@@ -569,3 +569,19 @@ def test_adds_refused_by_the_time_limit_wait_and_go_again(
     assert portal.stats.adds == len(gone)
     for ref in gone:
         assert shas_on(portal, ref[0]).count(content[ref]) == 1
+
+
+def test_a_defect_outside_the_pipeline_still_prints_the_json_summary(
+    renv: Env, gallery_portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced(renv, gallery_portal)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr("imgsync.cli.restore.run_to_end", broken)
+    result = invoke(restore_args(renv, gallery_portal, "--missing", "--json"))
+    assert result.exit_code == 70
+    summary = summary_of(result.stdout)
+    assert summary["exit_code"] == 70 and summary["error"].startswith("internal error: RuntimeError")
+    assert summary["restored"] == 0 and summary["complete"] is False

@@ -3,12 +3,15 @@ last words (:class:`RunLog`: the finish line, the metrics file)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import click
 
 from ..config import Settings
 from ..errors import ConfigError
@@ -100,7 +103,8 @@ class RunLog:
     command ends, the log ticker stops, the log file gets the finish line, the runner writes the metrics file
     (:func:`imgsync.runner.record_metrics`) and the log file is closed.
 
-    ``failed``: the ending of a run a defect of ours ended before it had one (its metrics still say so)."""
+    ``failed``: the ending of a run a defect of ours ended before it had one (its metrics still say so, and with
+    ``as_json`` its ``--json`` object is printed: every run prints one)."""
 
     def __init__(
         self,
@@ -109,8 +113,10 @@ class RunLog:
         dry_run: bool,
         describe: Callable[[dict[str, Any]], str],
         failed: Callable[[BaseException], Ending[Any]] | None = None,
+        as_json: bool = False,
     ) -> None:
         self.command = command
+        self.as_json = as_json
         self.dry_run = dry_run
         self.describe = describe
         self.failed = failed
@@ -144,6 +150,8 @@ class RunLog:
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, Exception) and self.ending is None and self.failed is not None:
             self.ending = self.failed(exc)
+            if self.as_json:
+                click.echo(json.dumps(self.ending.data))
         try:
             if self.ticker is not None:
                 self.ticker.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .. import __version__
-from ..errors import ImgsyncError
+from ..errors import ImgsyncError, InternalError
 from ..runner import Ending, run_to_end
 from ._logging import RunLog, setup_logging
 from ._options import bar_wanted, config_option, more_verbosity, settings_for
@@ -210,7 +211,13 @@ def restore(
     show_bar = bar_wanted(progress, dry_run=dry_run, quiet=quiet)
     setup_logging(ctx.obj["verbose"], quiet, progress=show_bar)
     bar = TqdmProgress(show_bar)
-    run = RunLog("restore", dry_run=dry_run, describe=restore_line)
+    run = RunLog(
+        "restore",
+        dry_run=dry_run,
+        describe=restore_line,
+        failed=lambda exc: _failed(exc, dry_run),
+        as_json=as_json,
+    )
     with handle_errors(), run:
         try:
             settings = run.open(
@@ -283,3 +290,15 @@ def restore(
             )
         show_restore(run.ending, as_json=as_json, dry_run=dry_run, quiet=quiet, bar=bar)
         exit_as(run.ending, "what finished is recorded")
+
+
+def _failed(exc: BaseException, dry_run: bool) -> Ending[Any]:
+    """The ending of a restore that failed outside the pipeline (a defect of ours, say)."""
+    from ..restore.summary import restore_json  # as the command: the restore package only when restoring
+
+    if isinstance(exc, ImgsyncError):
+        return Ending(
+            restore_json(None, dry_run, error=exc.message, code=exc.exit_code), None, exc.exit_code, exc
+        )
+    code = InternalError.exit_code
+    return Ending(restore_json(None, dry_run, error=f"internal error: {exc!r}", code=code), None, code)

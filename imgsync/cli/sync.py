@@ -151,7 +151,13 @@ def sync(
     show_bar = bar_wanted(progress, dry_run=dry_run, quiet=quiet)
     setup_logging(ctx.obj["verbose"], quiet, progress=show_bar)
     bar = TqdmProgress(show_bar)
-    run = RunLog("sync", dry_run=dry_run, describe=counts_line, failed=lambda exc: sync_failed(exc, dry_run))
+    run = RunLog(
+        "sync",
+        dry_run=dry_run,
+        describe=counts_line,
+        failed=lambda exc: sync_failed(exc, dry_run),
+        as_json=as_json,
+    )
     with handle_errors(), run:
         try:
             settings = run.open(
