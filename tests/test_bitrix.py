@@ -411,3 +411,38 @@ def test_one_image_costs_at_most_two_requests_an_attempt(
         cost = c.requests_sent - before
         assert cost == sum(portal.stats.by_address.values()) - on_the_wire
         assert cost == (sent or cost) <= 2 * ATTEMPTS
+
+
+def test_a_budget_spent_on_mixed_failures_fails_the_image_not_the_run() -> None:
+    """In a storm of 503s an image's budget may end on a failed fresh-link get after file failures in between:
+    that image fails (``DownloadFailed``). Only a REST that failed on every attempt since the first stops the run
+    (``PortalUnavailable``); before, the last failure's step alone decided, and one image could end a night."""
+    from imgsync.emulator import Faults, Portal, make_catalog
+    from imgsync.errors import TransientError
+    from imgsync.models import ImageRef
+
+    catalog = make_catalog(products=1, images_per_product=1, min_size=500, max_size=600, seed=3)
+    with Portal(catalog, rate_limit=1000.0, burst=1000) as portal:
+        c = Client(
+            WebhookAuth(portal.webhook_url),
+            rate_limit=1000.0,
+            burst=1000,
+            retry=RetryPolicy(attempts=ATTEMPTS, base=0.001, cap=0.002),
+        )
+        img = portal.images()[0]
+        ref = ImageRef(img.product_id, img.image_id)
+        image = c.get_images([ref])[ref]
+        assert not isinstance(image, ImageError)
+        portal.faults = Faults(rate_500=1.0, apply_to="download")  # every file request fails
+        real, calls = c.fresh_link, []
+
+        def every_other_get_fails(r: ImageRef) -> Any:  # the portal's 503 for every second get
+            calls.append(r)
+            if len(calls) % 2:
+                raise TransientError("QUERY_LIMIT_EXCEEDED: Too many requests", code="QUERY_LIMIT_EXCEEDED")
+            return real(r)
+
+        c.fresh_link = every_other_get_fails  # type: ignore[method-assign]
+        with pytest.raises(DownloadFailed, match=f"after {ATTEMPTS} attempts"):
+            c.download(image, lambda image, body: b"".join(body.chunks()))
+        assert len(calls) == ATTEMPTS - 1  # the first attempt used the batch's link; the last get failed

@@ -145,8 +145,11 @@ class Downloads(Transport):
             with self.open_download(current.download_url) as body:
                 return current, write(current, body)
 
+        link_failures = 0  # attempts in a row that failed at the fresh-link get (REST, not the file)
+
         def give_up(exc: ImgsyncError, n: int) -> ImgsyncError | None:
-            nonlocal refused, pages
+            nonlocal refused, pages, link_failures
+            link_failures = link_failures + 1 if step == "link" else 0
             if isinstance(exc, LinkRefused):
                 refused += 1
                 if refused > 1:
@@ -159,8 +162,10 @@ class Downloads(Transport):
                     return DownloadFailed(f"{exc.message}, {pages} times with fresh links")
             if n < self.retry.attempts:
                 return None
-            if step == "link":
-                # REST itself keeps failing: the run stops, as every call does (the image is not to blame).
+            if link_failures >= self.retry.attempts - 1:
+                # REST itself kept failing, every attempt since the first (which needs no get): the run stops,
+                # as every call does (the image is not to blame). A budget spent on file and link failures
+                # mixed, as in a storm of 503s, fails this image alone.
                 return PortalUnavailable(
                     f"the portal stayed unavailable after {n} attempts (catalog.productImage.get: {exc})"
                 )
