@@ -427,11 +427,23 @@ class _Gate:
                 self._cond.notify()
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_file(old: Path, new: Path) -> bool:
+    """Is ``old`` the new file under another spelling (a case-only rename on a case-insensitive file system)?
+
+    ``samefile`` alone is not enough: exFAT through FUSE gives each spelling its own inode number. A name that
+    differs from the new one only in case, in the same folder, is the same file unless the folder lists both."""
     try:
-        return os.path.samefile(a, b)
+        if os.path.samefile(old, new):
+            return True
     except OSError:
+        return False  # the old name leads to no file: nothing to keep
+    if old.parent != new.parent or old.name.casefold() != new.name.casefold():
         return False
+    try:
+        names = set(os.listdir(old.parent))
+    except OSError:
+        return True  # cannot tell: a superseded file left over is better than the new backup removed
+    return not (old.name in names and new.name in names)
 
 
 def _unlink_quietly(path: Path) -> None:
