@@ -6,10 +6,13 @@ allowed). The file size limit (``ulimit -f``) needs no privilege: it is set in t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import shutil
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -176,17 +179,53 @@ def _fat12_image(path: Path, size: int = 4 * 1024 * 1024) -> None:
 
 @pytest.fixture
 def vfat(tmp_path: Path) -> Iterator[Path]:
-    """A case-insensitive file system: a vfat loop mount (root only; skipped where it cannot be mounted)."""
+    """A case-insensitive file system: a vfat loop mount where the kernel has vfat, else exFAT through FUSE
+    (Debian's exfat-fuse and exfatprogs, which ``.ci/run`` installs) on a loop device. Root only."""
     if os.geteuid() != 0:
         pytest.skip("mounting a loop file system needs root")
     image, point = tmp_path / "fat.img", tmp_path / "fat"
     _fat12_image(image)
     point.mkdir()
     done = _mount("-o", "loop", "-t", "vfat", str(image), str(point))
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a vfat file system here: {done.stderr.strip()}")
-    yield point
-    subprocess.run(["umount", "-l", str(point)], check=False)
+    if done.returncode == 0:
+        yield point
+        subprocess.run(["umount", "-l", str(point)], check=False)
+        return
+    with _exfat_fuse(tmp_path / "exfat.img", point, why=done.stderr.strip()) as mounted:
+        yield mounted
+
+
+@contextlib.contextmanager
+def _exfat_fuse(image: Path, point: Path, *, why: str) -> Iterator[Path]:
+    missing = [tool for tool in ("mkfs.exfat", "mount.exfat-fuse", "losetup") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(
+            f"no vfat here ({why}) and no exFAT through FUSE either: {', '.join(missing)} not installed"
+        )
+    with image.open("wb") as out:
+        out.truncate(8 * 1024 * 1024)
+    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    device = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    # -d keeps it in the foreground (it does not daemonize here); its debug output goes nowhere.
+    fuse = subprocess.Popen(
+        ["mount.exfat-fuse", "-d", device, str(point)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while str(point) not in Path("/proc/mounts").read_text():
+            if fuse.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mount.exfat-fuse did not mount {point}")
+            time.sleep(0.05)
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=False, capture_output=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            fuse.wait(timeout=10)
+        if fuse.poll() is None:
+            fuse.kill()
+        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
 
 
 def test_a_case_only_rename_keeps_the_new_file_on_a_case_insensitive_disk(
