@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .bitrix import Client, RetryPolicy
+from .bitrix import RetryPolicy
 from .config import Settings, validate_for_sync
 from .errors import AuthError, ConfigError, ImageDenied, ImageError, ImageGone, ImgsyncError, StateError
 from .redact import redact
-from .runner import check_dest, make_auth, make_uploader
+from .runner import check_dest, make_client, make_uploader
 from .store import Store, lock_held
 
 __all__ = ["Check", "exit_code", "run_checks"]
@@ -116,16 +116,10 @@ def _check_portal(settings: Settings, store: Store | None) -> Check:
         except ConfigError as exc:
             return Check("portal", False, exc.message, exc.exit_code)
     try:
-        auth = make_auth(settings, store)
-        client = Client(
-            auth,
-            rate_limit=settings.rate_limit,
-            burst=settings.burst,
-            timeout=min(settings.timeout, CHECK_TIMEOUT_S),
-            workers=1,
-            retry=CHECK_RETRY,
+        client = make_client(
+            settings, store, workers=1, timeout=min(settings.timeout, CHECK_TIMEOUT_S), retry=CHECK_RETRY
         )
-        host = urlsplit(auth.portal_root).netloc
+        host = urlsplit(client.auth.portal_root).netloc
         answers = client.batch(
             {"scope": "scope", "images": f"catalog.productImage.list?productId={PROBE_PRODUCT_ID}"}
         )

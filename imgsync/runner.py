@@ -129,6 +129,26 @@ def make_auth(settings: Settings, store: Store | None) -> Auth:
     )
 
 
+def make_client(
+    settings: Settings,
+    store: Store | None,
+    *,
+    workers: int | None = None,
+    **edges: Any,
+) -> Client:
+    """The portal client the settings describe (auth with the database's renewed tokens, the bucket, the
+    timeout); ``workers`` sizes its connection pool (default: the settings' workers, else the auto ceiling).
+    ``edges`` are passed through: ``stop``, ``session``, ``sleep``, ``clock``, ``retry``, ``timeout``."""
+    options: dict[str, Any] = {"timeout": settings.timeout, "clock": time.time, **edges}
+    return Client(
+        make_auth(settings, store),
+        rate_limit=settings.rate_limit,
+        burst=settings.burst,
+        workers=workers or settings.workers or AUTO_MAX_WORKERS,
+        **options,
+    )
+
+
 def make_uploader(settings: Settings) -> Uploader | None:
     if not settings.s3_enabled:
         return None
@@ -176,16 +196,8 @@ def run_sync(
         store = stack.enter_context(Store(settings.db, readonly=request.dry_run))
         if uploader is None:
             uploader = make_uploader(settings)
-        client = Client(
-            make_auth(settings, store),
-            rate_limit=settings.rate_limit,
-            burst=settings.burst,
-            timeout=settings.timeout,
-            workers=settings.workers or AUTO_MAX_WORKERS,  # the connection pool's size
-            stop=stop,
-            session=session,
-            sleep=sleep,
-            clock=clock or time.time,
+        client = make_client(
+            settings, store, stop=stop, session=session, sleep=sleep, clock=clock or time.time
         )
         if uploader is not None:
             uploader.check()

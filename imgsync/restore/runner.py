@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING, cast
 
 import requests
 
-from ..bitrix import Client
 from ..config import Settings, validate_for_sync
 from ..errors import ConfigError, UsageError
 from ..models import StoredImage
@@ -59,7 +57,7 @@ def run_restore(
     """The whole of ``imgsync restore``. Raises :class:`~imgsync.errors.ImgsyncError` subclasses, with the
     summary of what was done attached (``exc.summary``) once the work has begun. ``on_match``: each source
     product's target (or why none), for a restore from another portal, before its plan."""
-    from ..runner import check_dest, make_auth, make_uploader  # the sync runner's builders, shared
+    from ..runner import check_dest, make_client, make_uploader  # the sync runner's builders, shared
 
     stop = stop or threading.Event()
     db = settings.db
@@ -114,16 +112,7 @@ def run_restore(
         rows = select_rows(store, request.selection)
         check_dest(settings.dest, create=not request.dry_run)
         uploader = make_uploader(settings)
-        client = Client(
-            make_auth(settings, store),
-            rate_limit=settings.rate_limit,
-            burst=settings.burst,
-            timeout=settings.timeout,
-            workers=4,
-            stop=stop,
-            session=session,
-            clock=time.time,
-        )
+        client = make_client(settings, store, workers=4, stop=stop, session=session)
         if uploader is not None:
             uploader.check()
         opts = RestoreOptions(
@@ -171,7 +160,7 @@ def _run_migration(
     """A restore from another portal's backup: the source database (read only) selects the rows and gives
     each product's key; the config's portal, database, dest and S3 are the target, as for a same-portal
     restore. Every input is checked before the first request."""
-    from ..runner import check_dest, make_auth, make_uploader
+    from ..runner import check_dest, make_client, make_uploader
 
     db = settings.db
     source.check(db)
@@ -207,16 +196,7 @@ def _run_migration(
         store = stack.enter_context(Store(db, readonly=request.dry_run))
         check_dest(settings.dest, create=not request.dry_run)
         uploader = make_uploader(settings)
-        client = Client(
-            make_auth(settings, store),
-            rate_limit=settings.rate_limit,
-            burst=settings.burst,
-            timeout=settings.timeout,
-            workers=4,
-            stop=stop,
-            session=session,
-            clock=time.time,
-        )
+        client = make_client(settings, store, workers=4, stop=stop, session=session)
         if uploader is not None:
             uploader.check()
         if source_objects is not None and source_objects is not uploader:
