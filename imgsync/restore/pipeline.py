@@ -30,10 +30,11 @@ from ..errors import (
 )
 from ..models import ImageRef, ImageUpload, PortalImage, RestoreEntry, StopRequest, StoredImage
 from ..store import OTHER_BYTES, Store
+from ..sync.plan import Uploader
 from .backup import ObjectReader, read_backup
 from .plan import SLOTS, RestoreAction, RestorePlan, TargetProduct, decide_restore
 from .summary import RestoreSummary
-from .target import Keeper, Uploader, look_at
+from .target import Keeper, look_at
 
 log = logging.getLogger(__name__)
 

@@ -9,49 +9,47 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 from ..bitrix import Body, Client, Listing
-from ..errors import ImageError, ImageGone, ImgsyncError, UploadError
-from ..localfs import relative_path, resolve_inside, save_stream
-from ..models import Event, ImageRef, Outcome, PortalImage, S3Object
+from ..errors import ImageError, ImageGone, ImgsyncError
+from ..localfs import relative_path
+from ..models import Action, PortalImage
 from ..store import Store
+from ..sync.caps import Caps
+from ..sync.execute import Executor
+from ..sync.pipeline import record
+from ..sync.plan import Plan, SyncOptions, Uploader
+from ..sync.summary import Summary
 from .plan import SLOTS, TargetProduct
 
 log = logging.getLogger(__name__)
 
 
-class Uploader(Protocol):
-    def key_for(self, relative: str) -> str: ...
-
-    def put(
-        self,
-        path: Path,
-        key: str,
-        *,
-        sha256: str,
-        size: int,
-        content_type: str,
-        ref: ImageRef,
-        image: PortalImage | None = None,
-    ) -> str: ...
-
-
-@dataclass(frozen=True)
 class Keeper:
-    """Where a run keeps the images it downloads: dest, S3 (optional), the database; or nowhere (dry run)."""
+    """Where a run keeps the images it downloads: dest, S3 (optional), the database, exactly as ``sync`` keeps
+    them (its :class:`~imgsync.sync.execute.Executor` and :func:`~imgsync.sync.pipeline.record`); or nowhere (a
+    dry run, which only hashes)."""
 
-    client: Client
-    store: Store
-    dest: Path
-    uploader: Uploader | None = None
-    keep_local: bool = True
-    dry_run: bool = False
-    run_id: int | None = None
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        dest: Path,
+        uploader: Uploader | None = None,
+        *,
+        keep_local: bool = True,
+        dry_run: bool = False,
+        run_id: int | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.dest = dest
+        self.dry_run = dry_run
+        self.run_id = run_id
+        opts = SyncOptions(dest=dest, keep_local=keep_local, uploader=uploader)
+        self._executor = Executor(client, store, opts, Caps(opts, Summary()))
 
     def fetch(self, image: PortalImage, detail: str) -> str:
         """Download ``image``, keep it (a real run) and return the sha256 of its bytes.
@@ -68,51 +66,12 @@ class Keeper:
 
             _, sha = self.client.download(image, digest)
             return sha
-
-        def write(current: PortalImage, body: Body) -> tuple[str, int, str, str]:
-            relative = relative_path(current.ref, current.name)
-            size, sha256 = save_stream(
-                body.chunks(), resolve_inside(self.dest, relative), expected_size=body.content_length
-            )
-            return relative, size, sha256, body.content_type
-
-        image, (relative, size, sha256, content_type) = self.client.download(image, write)
-        outcome = Outcome(
-            image.ref,
-            Event.DOWNLOADED,
-            f"{size} bytes, {detail}",
-            image=image,
-            sha256=sha256,
-            size=size,
-            content_type=content_type or None,
-            local_path=relative,
-            changed=True,
-        )
-        if self.uploader is not None:
-            key = self.uploader.key_for(relative)
-            try:
-                etag = self.uploader.put(
-                    resolve_inside(self.dest, relative),
-                    key,
-                    sha256=sha256,
-                    size=size,
-                    content_type=content_type or "application/octet-stream",
-                    ref=image.ref,
-                    image=image,
-                )
-            except UploadError as exc:
-                outcome = replace(outcome, upload_error=exc.message)
-            else:
-                outcome = replace(outcome, s3=S3Object(key, etag, sha256), uploaded=True)
-                if not self.keep_local:
-                    outcome = replace(outcome, local_path=None, clear_local=True)
-        self.store.save(self.run_id, [outcome])
-        if outcome.clear_local:
-            try:
-                os.unlink(resolve_inside(self.dest, relative))
-            except OSError as exc:
-                log.warning("could not remove %s: %s", relative, exc.strerror)
-        return sha256
+        row = self.store.rows_for([image.ref]).get(image.ref)
+        plan = Plan(image.ref, Action.DOWNLOAD, detail, image, row, relative_path(image.ref, image.name))
+        outcome = self._executor.download(plan)
+        record(self.store, self.dest, self.run_id, [outcome])
+        assert outcome.sha256 is not None
+        return outcome.sha256
 
 
 def look_at(keeper: Keeper, product_ids: Sequence[int]) -> dict[int, TargetProduct]:

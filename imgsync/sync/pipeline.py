@@ -357,31 +357,8 @@ class Syncer:
 
     def _save_pending(self) -> None:
         outcomes, self._pending = self._pending, []
-        removals: list[tuple[str, Path]] = []
-        for outcome in outcomes:
-            current = inside_dest(self.opts.dest, outcome.local_path) if outcome.local_path else None
-            for relative in outcome.remove_after:
-                path = inside_dest(self.opts.dest, relative)
-                if path is None:
-                    log.warning("not removing %r: it is outside the destination folder", relative)
-                elif current is not None and _same_file(path, current):
-                    # A case-only rename on a case-insensitive file system: the old name *is* the new file.
-                    log.debug("not removing %s: it is the new file under another spelling", relative)
-                else:
-                    removals.append((relative, path))
-        # Durable before files are removed: a commit lost to a power cut must not leave rows naming them. The
-        # files to remove are noted in the same commit, so a run killed before its unlinks leaves them to the next.
-        self.store.save(
-            self.summary.run_id,
-            outcomes,
-            durable=bool(removals),
-            removals=[relative for relative, _ in removals],
-        )
+        record(self.store, self.opts.dest, self.summary.run_id, outcomes)
         self._last_flush = time.monotonic()
-        for _, path in removals:  # superseded files go only now that no committed row names them
-            _unlink_quietly(path)
-        if removals:
-            self.store.forget_removals([relative for relative, _ in removals])
 
     def _finish_removals(self) -> None:
         """Remove the superseded files an earlier run noted but did not get to (killed after its commit)."""
@@ -425,6 +402,36 @@ class _Gate:
             with self._cond:
                 self._active -= 1
                 self._cond.notify()
+
+
+def record(store: Store, dest: Path, run_id: int | None, outcomes: list[Outcome]) -> None:
+    """Commit outcomes, then remove the files they supersede (noted in the same commit, so a run killed before
+    the removals leaves them to the next run). The one way a run's outcomes reach the store: the sync's flushes,
+    and a restore's images."""
+    removals: list[tuple[str, Path]] = []
+    for outcome in outcomes:
+        current = inside_dest(dest, outcome.local_path) if outcome.local_path else None
+        for relative in outcome.remove_after:
+            path = inside_dest(dest, relative)
+            if path is None:
+                log.warning("not removing %r: it is outside the destination folder", relative)
+            elif current is not None and _same_file(path, current):
+                # A case-only rename on a case-insensitive file system: the old name *is* the new file.
+                log.debug("not removing %s: it is the new file under another spelling", relative)
+            else:
+                removals.append((relative, path))
+    # Durable before files are removed: a commit lost to a power cut must not leave rows naming them. The
+    # files to remove are noted in the same commit, so a run killed before its unlinks leaves them to the next.
+    store.save(
+        run_id,
+        outcomes,
+        durable=bool(removals),
+        removals=[relative for relative, _ in removals],
+    )
+    for _, path in removals:  # superseded files go only now that no committed row names them
+        _unlink_quietly(path)
+    if removals:
+        store.forget_removals([relative for relative, _ in removals])
 
 
 def _same_file(old: Path, new: Path) -> bool:
