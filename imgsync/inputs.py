@@ -217,24 +217,30 @@ def _csv_reader(stream: IO[Any], name: str, nothing: str) -> tuple[Any, _LineRea
     return csv.reader(source(), delimiter=delimiter, skipinitialspace=True, strict=True), lines
 
 
+def _records(reader: Any, lines: _LineReader, name: str) -> Iterator[tuple[list[str], str, str]]:
+    """The non-blank records of a CSV reader from :func:`_csv_reader`: ``(stripped cells, "file:line",
+    delimiter)``; a record that is not valid CSV raises naming its line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(f"{name}:{lines.record_start}: not valid CSV: {exc}") from None
+        where = f"{name}:{reader.line_num}"
+        lines.start_record()
+        cells = [c.strip() for c in row]
+        if any(cells):
+            yield cells, where, reader.dialect.delimiter
+
+
 def _iter_stream(stream: IO[Any], name: str) -> Iterator[tuple[ImageRef, str]]:
     reader, lines = _csv_reader(stream, name, "no product/image pairs found")
     columns: tuple[int, int] | None = None  # from a header; None: the first two
     need = 2
     seen_first = False
     found = False
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise InputError(f"{name}:{lines.record_start}: not valid CSV: {exc}") from None
-        where = f"{name}:{reader.line_num}"
-        lines.start_record()
-        cells = [c.strip() for c in row]
-        if not any(cells):
-            continue
+    for cells, where, delimiter in _records(reader, lines, name):
         if not seen_first:
             seen_first = True
             try:
@@ -247,7 +253,7 @@ def _iter_stream(stream: IO[Any], name: str) -> Iterator[tuple[ImageRef, str]]:
             if not any(_parse_id(c) is not None for c in cells[:2]):
                 raise InputError(
                     f"{where}: expected a header naming productId,id or product_id,image_id, or a pair of ids; "
-                    f"got '{_show(reader.dialect.delimiter.join(cells), 60)}'"
+                    f"got '{_show(delimiter.join(cells), 60)}'"
                 )
         if len(cells) < need:
             raise InputError(f"{where}: expected product id and image id, got {_columns(len(cells))}")
@@ -304,18 +310,7 @@ def _iter_products(stream: IO[Any], name: str) -> Iterator[tuple[int, str]]:
     reader, lines = _csv_reader(stream, name, "no product ids found")
     column: int | None = None  # from a header; None: one id a line
     seen_first = found = False
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise InputError(f"{name}:{lines.record_start}: not valid CSV: {exc}") from None
-        where = f"{name}:{reader.line_num}"
-        lines.start_record()
-        cells = [c.strip() for c in row]
-        if not any(cells):
-            continue
+    for cells, where, delimiter in _records(reader, lines, name):
         if not seen_first:
             seen_first = True
             names = [c.lower() for c in cells]
@@ -325,7 +320,7 @@ def _iter_products(stream: IO[Any], name: str) -> Iterator[tuple[int, str]]:
             if len(cells) > 1 or _parse_id(cells[0]) is None and not cells[0].isdigit():
                 raise InputError(
                     f"{where}: expected a header naming productId or product_id, or a product id; "
-                    f"got '{_show(reader.dialect.delimiter.join(cells), 60)}'"
+                    f"got '{_show(delimiter.join(cells), 60)}'"
                 )
         if column is None:
             if len(cells) > 1:
@@ -365,18 +360,7 @@ def iter_map_csv(path: str, stdin: TextIO | BinaryIO | None = None) -> Iterator[
         reader, lines = _csv_reader(stream, name, "no source_product_id,target_product_id lines found")
         columns: tuple[int, int] = (0, 1)
         seen_first = found = False
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                raise InputError(f"{name}:{lines.record_start}: not valid CSV: {exc}") from None
-            where = f"{name}:{reader.line_num}"
-            lines.start_record()
-            cells = [c.strip() for c in row]
-            if not any(cells):
-                continue
+        for cells, where, delimiter in _records(reader, lines, name):
             if not seen_first:
                 seen_first = True
                 names = [c.lower() for c in cells]
@@ -388,7 +372,7 @@ def iter_map_csv(path: str, stdin: TextIO | BinaryIO | None = None) -> Iterator[
                 if source is not None or target is not None or _parse_id(cells[0]) is None:
                     raise InputError(
                         f"{where}: expected a header naming source_product_id,target_product_id, or a pair "
-                        f"of product ids; got '{_show(reader.dialect.delimiter.join(cells), 60)}'"
+                        f"of product ids; got '{_show(delimiter.join(cells), 60)}'"
                     )
             if len(cells) <= max(columns):
                 raise InputError(
