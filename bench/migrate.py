@@ -29,7 +29,6 @@ target products (a restore must look before it adds); one add request per 50 ima
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -59,6 +58,8 @@ from .restore import (
     _open_bucket,
     _run,
     bench_catalog,
+    profile_of,
+    profile_parser,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -371,40 +372,14 @@ def report(p: Profile, results: list[Result], options: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = Profile(images=IMAGES)
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--images", type=int, default=d.images)
-    parser.add_argument("--size", type=int, default=d.size, help="bytes per image")
-    parser.add_argument("--rate", type=float, default=d.rate, help="bucket drain, requests per second")
-    parser.add_argument("--burst", type=int, default=d.burst)
-    parser.add_argument("--latency", type=float, default=d.latency, help="seconds before each answer")
-    parser.add_argument("--slow-add", type=float, default=d.slow_add, help="seconds each add takes")
-    parser.add_argument("--add-operating", type=float, default=d.add_operating)
-    parser.add_argument("--operating-limit", type=float, default=d.operating_limit)
-    parser.add_argument("--operating-window", type=float, default=d.operating_window)
-    parser.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
-    parser.add_argument("--no-naive", action="store_true", help="time imgsync alone")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON, not Markdown")
+    parser = profile_parser(__doc__, Profile(images=IMAGES))
     parser.add_argument(
         "--keep",
         type=Path,
         help="work in this (new) folder and keep it: databases, files, each client's stderr",
     )
     args = parser.parse_args(argv)
-    p = Profile(
-        args.images,
-        args.size,
-        args.rate,
-        args.burst,
-        args.latency,
-        args.slow_add,
-        args.add_operating,
-        args.operating_limit,
-        args.operating_window,
-        args.max_request_bytes,
-    )
+    p = profile_of(args)
     if args.keep is not None:
         args.keep.mkdir(parents=True)
         results = run(p, args.keep, naive=not args.no_naive)

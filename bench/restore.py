@@ -313,10 +313,11 @@ def report(p: Profile, results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    d = Profile()
+def profile_parser(doc: str | None, defaults: Profile) -> argparse.ArgumentParser:
+    """The options of a restore benchmark (this one and ``bench.migrate``): the profile, ``--no-naive``, ``--json``."""
+    d = defaults
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=(doc or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", type=int, default=d.images)
     parser.add_argument("--size", type=int, default=d.size, help="bytes per image")
@@ -330,19 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
     parser.add_argument("--no-naive", action="store_true", help="time imgsync alone")
     parser.add_argument("--json", action="store_true", help="print the results as JSON, not Markdown")
+    return parser
+
+
+def profile_of(args: argparse.Namespace) -> Profile:
+    return Profile(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Profile)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = profile_parser(__doc__, Profile())
     args = parser.parse_args(argv)
-    p = Profile(
-        args.images,
-        args.size,
-        args.rate,
-        args.burst,
-        args.latency,
-        args.slow_add,
-        args.add_operating,
-        args.operating_limit,
-        args.operating_window,
-        args.max_request_bytes,
-    )
+    p = profile_of(args)
     with tempfile.TemporaryDirectory(prefix="imgsync-bench-restore-") as tmp:
         results = run(p, Path(tmp), naive=not args.no_naive)
     if args.json:
