@@ -119,10 +119,7 @@ def emulator(
     images_per_product: int = IMAGES_PER_PRODUCT,
 ) -> Iterator[str]:
     """A fresh emulator process; yields its webhook URL and fills ``stats`` when it has stopped."""
-    args = [
-        sys.executable,
-        "-m",
-        "imgsync.emulator",
+    options = [
         "--products",
         str(products),
         "--images-per-product",
@@ -138,6 +135,15 @@ def emulator(
         "--max-size",
         str(max_size),
     ]
+    with emulator_process(options, stats) as url:
+        yield url
+
+
+@contextmanager
+def emulator_process(options: Sequence[str], stats: dict[str, Any], timeout: float = 120) -> Iterator[str]:
+    """``python -m imgsync.emulator OPTIONS`` in its own process (its CPU is not the client's); yields its
+    webhook URL and, once it has stopped, fills ``stats`` with the counters it printed."""
+    args = [sys.executable, "-m", "imgsync.emulator", *options]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=_env(), cwd=REPO)
         try:
@@ -148,10 +154,11 @@ def emulator(
             yield json.loads(line)["webhook_url"]
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            proc.wait(timeout=timeout)
             err.seek(0)
             lines = [ln for ln in err.read().decode().splitlines() if ln.startswith("{")]
             if lines:
+                stats.clear()
                 stats.update(json.loads(lines[-1]))
 
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.run import emulator_process
 from imgsync.emulator import make_store_catalog
 from imgsync.localfs import relative_path
 from imgsync.models import Event, ImageRef, ListedItem, Outcome, PortalImage
@@ -69,10 +69,7 @@ def _env(pythonpath: Path | None = None) -> dict[str, str]:
 @contextmanager
 def emulator(n: int, rate: float, burst: int, stats: dict[str, Any]) -> Iterator[str]:
     """The emulator in its own process; yields the webhook URL, fills ``stats`` when it stops."""
-    args = [
-        sys.executable,
-        "-m",
-        "imgsync.emulator",
+    options = [
         "--store",
         "--products",
         str(n),
@@ -89,22 +86,8 @@ def emulator(n: int, rate: float, burst: int, stats: dict[str, Any]) -> Iterator
         "--burst",
         str(burst),
     ]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=_env(), cwd=REPO)
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError("the emulator did not start")
-            yield json.loads(line)["webhook_url"]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
-            err.seek(0)
-            lines = [ln for ln in err.read().decode().splitlines() if ln.startswith("{")]
-            if lines:
-                stats.clear()
-                stats.update(json.loads(lines[-1]))
+    with emulator_process(options, stats) as url:
+        yield url
 
 
 def prefill(n: int, root: Path) -> None:
