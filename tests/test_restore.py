@@ -17,7 +17,7 @@ from imgsync.store import run_lock
 from .conftest import FAST_CONFIG, Env, all_pairs, invoke, summary_of
 
 #: The journal settles in seconds, not the cloud's minute: adds without an answer are looked for sooner.
-RESTORE_CONFIG = FAST_CONFIG + '[restore]\nrequest_limit = "1s"\n'
+RESTORE_CONFIG = FAST_CONFIG + 'timeout = 3\n[restore]\nrequest_limit = "1s"\n'
 
 
 def sha(data: bytes) -> str:
@@ -268,6 +268,10 @@ def test_a_dropped_answer_is_looked_for_not_added_again(renv: Env, gallery_porta
         assert shas_on(portal, ref[0]).count(content[ref]) == 1
     assert {r["state"] for r in renv.rows("restores")} == {"done"}
     assert all(rows_by_ref(renv)[ref]["restored_as"] for ref in gone)
+    # The product listed to plan, and once more to find the add whose answer was lost: the round after plans
+    # from that look, without listing it a third time.
+    assert {pid for pid, _ in gone} == {gone[0][0]}
+    assert portal.stats.batch_commands["catalog.productImage.list"] == 2
 
 
 def test_other_bytes_stored_fail_and_are_not_sent_again_unless_force(

@@ -115,6 +115,7 @@ class Restorer:
         self._final: set[ImageRef] = set()
         self._selected: dict[ImageRef, StoredImage] = {}
         self._target_of: dict[ImageRef, int | None] = {}
+        self._seen: dict[int, TargetProduct] = {}  # products just looked at by _settle, for the next round
         self._blocked: set[int] = set()  # target products with an add of unknown outcome still too young
         self._max_adds = 50  # lowered when the web tier refuses a request as too large
         self._started = time.monotonic()
@@ -133,14 +134,7 @@ class Restorer:
         s.selected = len(self._selected)
         if not self.opts.dry_run:
             s.run_id = self.store.start_run("restore")
-            self.keeper = Keeper(
-                self.client,
-                self.store,
-                self.opts.dest,
-                self.uploader,
-                keep_local=self.opts.keep_local,
-                run_id=s.run_id,
-            )
+            self.keeper.run_id = s.run_id  # what it keeps is recorded as this run's
         try:
             self._settle()
             todo: Sequence[Group] = groups
@@ -273,6 +267,8 @@ class Restorer:
             for pid, target in targets.items():
                 for entry in by_target[pid]:
                     self._settle_one(entry, target)
+            # Nothing is sent between settling and planning: the round plans from what was just seen.
+            self._seen.update(targets)
 
     def _settle_one(self, entry: RestoreEntry, target: TargetProduct) -> None:
         if target.error or target.unknown:
@@ -320,7 +316,9 @@ class Restorer:
                 for pid in dict.fromkeys(g.target_product_id for g in part)
                 if pid is not None and pid not in self._blocked
             ]
-            targets = look_at(self.keeper, pids) if pids else {}
+            targets = {pid: self._seen.pop(pid) for pid in pids if pid in self._seen}
+            unseen = [pid for pid in pids if pid not in targets]
+            targets |= look_at(self.keeper, unseen) if unseen else {}
             adds: list[_Add] = []
             for group in part:
                 assert group.target_product_id is not None
@@ -329,6 +327,7 @@ class Restorer:
                     continue  # blocked: deferred at the end
                 adds += self._plan_group(group, target)
             again |= self._send(adds)
+        self._seen.clear()  # adds were sent since: what was seen is stale
         return again
 
     def _plan_group(self, group: Group, target: TargetProduct) -> list[_Add]:
