@@ -29,6 +29,20 @@ class Answer:
 
 
 class BatchCalls(Transport):
+    def command_error(self, error: Any, answer: Mapping[str, Any]) -> ImgsyncError:
+        """The error of one command of a batch ``answer``. A time limit's says when the block lifts: the
+        command's own ``operating_reset_at``, else the batch's, whatever other threads' answers noted meanwhile."""
+        payload = error if isinstance(error, dict) else {"error": error}
+        err = classify(0, payload)
+        if isinstance(err, OperationTimeLimit):
+            timing = answer.get("time")
+            err.reset_at = (
+                _unix_time(payload.get("operating_reset_at"))
+                or _unix_time(timing.get("operating_reset_at") if isinstance(timing, dict) else None)
+                or self._reset_at
+            )
+        return err
+
     def batch(self, commands: Mapping[str, str], *, chained: bool = False) -> dict[str, Answer]:
         """Run up to 50 commands in one ``batch`` call.
 
@@ -78,19 +92,7 @@ class BatchCalls(Transport):
             worst: TransientError | None = None
             for key, command in pending.items():
                 if key in errors:
-                    payload = errors[key] if isinstance(errors[key], dict) else {"error": errors[key]}
-                    err = classify(0, payload)
-                    if isinstance(err, OperationTimeLimit):
-                        # This batch's own answer says when the block lifts, whatever other
-                        # threads' answers have noted in self._reset_at meanwhile.
-                        timing = data.get("time")
-                        err.reset_at = (
-                            _unix_time(payload.get("operating_reset_at"))
-                            or _unix_time(
-                                timing.get("operating_reset_at") if isinstance(timing, dict) else None
-                            )
-                            or self._reset_at
-                        )
+                    err = self.command_error(errors[key], data)
                     if err.fatal or isinstance(err, TokenExpired):
                         raise err
                     if chained:

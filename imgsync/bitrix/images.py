@@ -14,16 +14,14 @@ from ..errors import (
     DeadlineReached,
     ImageError,
     ImgsyncError,
-    OperationTimeLimit,
     SendUnknown,
     TransientError,
 )
 from ..models import ImageRef, ImageUpload, PortalImage
 from ..redact import redact
 from .batch import BatchCalls, _as_image_error, _section
-from .errors import _NOT_RUN, classify
+from .errors import _NOT_RUN
 from .pacing import BATCH_SIZE
-from .transport import _unix_time
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +170,9 @@ class ImageCalls(BatchCalls):
         out: list[PortalImage | ImgsyncError] = []
         for key, add in zip(commands, adds, strict=True):
             if key in errors:
-                payload = errors[key] if isinstance(errors[key], dict) else {"error": errors[key]}
-                err = classify(0, payload)
+                err = self.command_error(errors[key], data)
                 if err.fatal:
                     raise err
-                if isinstance(err, OperationTimeLimit):
-                    # This command's own answer says when the block lifts (as in batch()).
-                    err.reset_at = _unix_time(payload.get("operating_reset_at")) or self._reset_at
                 if isinstance(err, TransientError) and err.code.upper() not in _NOT_RUN:
                     # e.g. INTERNAL_SERVER_ERROR inside the batch: the add may have been made.
                     raise SendUnknown(f"{method} in a batch: {err.message}; it may have been run")
